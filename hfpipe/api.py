@@ -1,0 +1,190 @@
+"""The library behind the CLI: train a recipe, evaluate a run directory, predict with it.
+
+Everything the commands do is callable from Python with the same arguments; the CLI only parses
+and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from hfpipe import io
+from hfpipe.errors import DataError, RunError
+
+log = logging.getLogger("hfpipe")
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+
+
+def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Path:
+    """Train `recipe` into its output_dir and return the run directory."""
+    from hfpipe.data import load_raw
+    from hfpipe.models import build_model
+    from hfpipe.recipe import dump_recipe
+    from hfpipe.runner import fit
+    from hfpipe.tasks import get_task
+    from hfpipe.tokenization import load_tokenizer, train_tokenizer
+
+    _quiet_libraries()
+    task = get_task(recipe.task)
+    command = command or shlex.join(["hfpipe", *sys.argv[1:]])
+
+    # Everything that can reject the input runs before the output directory is touched.
+    raw = load_raw(recipe)
+    head_kwargs = task.configure(raw, recipe)
+    if recipe.tokenizer.train is not None:
+        max_positions = recipe.model.config.get("max_position_embeddings", 512)
+        tokenizer = train_tokenizer(task.training_text(raw, recipe), recipe.tokenizer.train,
+                                    recipe.model.architecture, model_max_length=max_positions)
+    else:
+        tokenizer = load_tokenizer(recipe.tokenizer.name_or_path or recipe.model.name_or_path,
+                                   revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
+                                   trust_remote_code=recipe.model.trust_remote_code)
+    model = build_model(recipe, task, tokenizer, head_kwargs)
+    splits = {name: task.prepare(raw, name, tokenizer, model.config, recipe) for name in raw.splits}
+
+    run_dir = io.prepare_output_dir(recipe.output_dir, overwrite=overwrite)
+    io.atomic_write_text(run_dir / io.RECIPE, dump_recipe(recipe))
+    result = fit(recipe, task, model, tokenizer, splits["train"], splits.get("validation"), run_dir)
+
+    metrics: dict = {
+        "task": task.name,
+        "train": {"steps": result.state.step, "epochs": round(result.state.epoch_float, 4),
+                  "runtime_s": round(result.train_runtime, 2),
+                  "examples": len(splits["train"])},
+        "metric_for_best": result.metric_for_best,
+        "best_step": result.state.best_step,
+        "validation": result.validation,
+    }
+    test = splits.get("test")
+    if test is not None and "labels" in test.column_names:
+        metrics["test"] = score(result.model, tokenizer, test, task, recipe)
+    io.export_model(result.model, tokenizer, run_dir)
+    io.write_json(run_dir / io.METRICS, metrics)
+    io.atomic_write_text(run_dir / io.CARD, io.model_card(recipe, task, metrics, command,
+                                                          result.model.num_parameters()))
+    return run_dir
+
+
+def score(model, tokenizer, dataset, task, recipe) -> dict:
+    """The task's metrics of `model` on a prepared dataset (one process, no training state)."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from hfpipe.runner import eval_batches, split_lengths
+
+    accelerator = Accelerator()
+    dataset, lengths = split_lengths(dataset)
+    batch_size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
+    dl = DataLoader(dataset, batch_sampler=eval_batches(lengths, batch_size),
+                    collate_fn=task.collator(tokenizer, recipe))
+    model, dl = accelerator.prepare(model, dl)
+    return task.evaluate(model, dl, accelerator, recipe)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Using a run directory
+
+
+def open_run(run_dir: str | Path):
+    """(recipe, task, model, tokenizer) of a finished run directory."""
+    from hfpipe.models import load_run_model
+    from hfpipe.recipe.load import _read_yaml, validate_dict
+    from hfpipe.tasks import get_task
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError("not a directory", file=str(run_dir))
+    if not (run_dir / io.RECIPE).exists():
+        raise RunError(f"no {io.RECIPE}: not an hfpipe run directory", file=str(run_dir))
+    if not (run_dir / "config.json").exists():
+        raise RunError("no config.json: the run did not finish (train it again, or resume it)", file=str(run_dir))
+    data, lines = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
+    recipe = validate_dict(data, {k: (str(run_dir / io.RECIPE), v) for k, v in lines.items()})
+    _quiet_libraries()
+    task = get_task(recipe.task)
+    model, tokenizer = load_run_model(run_dir, task)
+    return recipe, task, model, tokenizer
+
+
+def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str = "test") -> dict:
+    """Metrics of a run on `data_file` (same columns as the recipe's data) or on its recipe's `split`."""
+    from hfpipe.data import RawData, load_raw
+    from hfpipe.data import _load_files as load_files
+
+    recipe, task, model, tokenizer = open_run(run_dir)
+    if data_file is not None:
+        files: list[str] = []
+        formats: list[str] = []
+        ds = load_files([str(Path(data_file).resolve())], recipe.data.format, files, formats)
+        raw = RawData({"eval": ds}, files, formats)
+        split = "eval"
+    else:
+        raw = load_raw(recipe)
+        if split not in raw.splits:
+            raise DataError(f"the recipe has no {split} split (it has: {', '.join(raw.splits)}); "
+                            "pass --data FILE or --split", file=str(Path(run_dir) / io.RECIPE))
+    if recipe.data.columns.label not in raw.splits[split].column_names:
+        raise DataError(f"no label column {recipe.data.columns.label!r} to score against", **raw.where(split))
+    # Labels are read against the run's own label set, not re-inferred from this file.
+    prepared = task.prepare(raw, split, tokenizer, model.config, recipe)
+    return score(model, tokenizer, prepared, task, recipe)
+
+
+def read_inputs(path: str | Path, recipe) -> list[dict]:
+    """Rows to predict from a file: .txt (one text per line), or csv / tsv / json / jsonl / parquet."""
+    from hfpipe.data import _load_files as load_files
+
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        if not path.exists():
+            raise DataError("file not found", file=str(path))
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text (byte offset {e.start})", file=str(path)) from None
+        if recipe.data.columns.text_pair:
+            raise DataError("this model takes text pairs: give a csv / jsonl file with columns "
+                            f"{recipe.data.columns.text!r} and {recipe.data.columns.text_pair!r}", file=str(path))
+        return [{recipe.data.columns.text: line} for line in lines if line.strip()]
+    ds = load_files([str(path.resolve())], "auto", [], [])
+    needed = [recipe.data.columns.text] + ([recipe.data.columns.text_pair] if recipe.data.columns.text_pair else [])
+    for column in needed:
+        if column not in ds.column_names:
+            raise DataError(f"column {column!r} not found (columns: {', '.join(ds.column_names[:-2])})",
+                            file=str(path))
+    return [dict(zip(needed, values, strict=True)) for values in zip(*(ds[c] for c in needed), strict=True)]
+
+
+def predict_run(run_dir: str | Path, texts: list[str] | None = None, text_pairs: list[str] | None = None,
+                file: str | Path | None = None, batch_size: int = 64) -> tuple[list[dict], list[dict]]:
+    """(input rows, predictions) for `texts` [+ `text_pairs`] or the rows of `file`."""
+    recipe, task, model, tokenizer = open_run(run_dir)
+    cols = recipe.data.columns
+    if file is not None:
+        rows = read_inputs(file, recipe)
+    else:
+        texts = list(texts or [])
+        if cols.text_pair and len(text_pairs or []) != len(texts):
+            raise DataError(f"this model takes text pairs: give one --text-pair per --text "
+                            f"({len(texts)} texts, {len(text_pairs or [])} pairs)")
+        if not cols.text_pair and text_pairs:
+            raise DataError("this model takes single texts, not pairs: drop --text-pair")
+        rows = [{cols.text: t} for t in texts]
+        if cols.text_pair:
+            for row, pair in zip(rows, text_pairs, strict=True):
+                row[cols.text_pair] = pair
+    if not rows:
+        raise DataError("nothing to predict: give --text or a --file with rows")
+    return rows, task.predict(model, tokenizer, rows, recipe, batch_size=batch_size)

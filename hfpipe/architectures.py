@@ -1,0 +1,46 @@
+"""Architectures a recipe can build from scratch (``model.architecture``): a registry of plain data.
+
+Kept free of torch / transformers imports so ``hfpipe validate`` can check names instantly. Each entry
+says which transformers ``model_type`` it builds and how to train a tokenizer for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    model_type: str  # transformers.AutoConfig.for_model(model_type, ...)
+    tokenizer: str  # default tokenizer.train.algorithm
+    tokenizer_class: str  # transformers class that wraps the trained tokenizer
+    description: str
+    # Special tokens in id order; the trained tokenizer gives them ids 0..n-1.
+    special_tokens: dict[str, str] = field(default_factory=dict)
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+register_architecture(
+    Architecture(
+        name="bert",
+        model_type="bert",
+        tokenizer="wordpiece",
+        tokenizer_class="BertTokenizerFast",
+        description="BERT encoder (WordPiece tokenizer, [CLS] ... [SEP] inputs, token type ids).",
+        special_tokens={
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        },
+    )
+)

@@ -1,0 +1,91 @@
+"""Datasets hfpipe generates itself (``data.builtin``): deterministic, offline, with a real signal.
+
+Pure Python (no numpy / datasets import), so validating a recipe that names one stays instant.
+A generator returns ``{split: [row, ...]}``; every split has its own random stream, so the held-out
+splits are new sentences rather than copies of training ones.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+# --- sentiment: movie-review sentences, label negative / positive --------------------------------------
+# The label is carried by the adjectives, but flipped by negation ("not dull") and decided by the
+# second clause of a contrast ("the plot was dull, but the cast was superb"), so a bag of words is not
+# enough: the model has to read word order.
+
+_POSITIVE = (
+    "wonderful delightful brilliant charming superb gripping moving hilarious elegant heartfelt masterful "
+    "stunning fresh clever touching memorable beautiful excellent engaging inventive thrilling witty warm "
+    "powerful graceful riveting dazzling smart uplifting sincere"
+).split()
+_NEGATIVE = (
+    "dull tedious clumsy boring bland predictable lifeless confusing awful shallow messy forgettable "
+    "painful stale sloppy tiresome flat pointless dreadful weak lazy muddled cheap hollow "
+    "irritating bloated incoherent grating joyless"
+).split()
+_SUBJECTS = (
+    "the film|this movie|the plot|the acting|the script|the soundtrack|the ending|the cast|the dialogue|"
+    "the cinematography|the pacing|the story|the lead performance|the direction|the final act|the humor|"
+    "the score|the editing|the premise|the sequel|the documentary|the screenplay|the costumes|the villain"
+).split("|")
+_NOUNS = "film movie story experience picture comedy drama thriller debut sequel documentary".split()
+_INTENSIFIERS = ("", "", "very ", "truly ", "remarkably ", "rather ", "quite ", "surprisingly ", "utterly ",
+                 "somewhat ", "deeply ", "really ")
+_OPENERS = ("", "", "", "honestly, ", "overall, ", "to be fair, ", "in the end, ", "frankly, ", "i think ",
+            "my friends agreed that ", "as expected, ")
+_VERBS = ("was", "is", "felt", "seemed", "turned out to be")
+# After "not", only intensifiers that keep the flip unambiguous ("not surprisingly bland" is not one).
+_NOT_INTENSIFIERS = ("", "", "very ", "really ", "particularly ", "that ", "exactly ")
+
+
+def _adjective(rng: random.Random, positive: bool) -> str:
+    return rng.choice(_POSITIVE if positive else _NEGATIVE)
+
+
+def _sentiment_sentence(rng: random.Random) -> tuple[str, int]:
+    label = rng.random() < 0.5  # True = positive
+    form = rng.random()
+    subj, verb = rng.choice(_SUBJECTS), rng.choice(_VERBS)
+    opener, very = rng.choice(_OPENERS), rng.choice(_INTENSIFIERS)
+    if form < 0.35:
+        text = f"{opener}{subj} {verb} {very}{_adjective(rng, label)}."
+    elif form < 0.5:
+        text = f"what a {very}{_adjective(rng, label)} {rng.choice(_NOUNS)}!"
+    elif form < 0.7:  # negation flips the adjective's polarity
+        text = f"{opener}{subj} {verb} not {rng.choice(_NOT_INTENSIFIERS)}{_adjective(rng, not label)}."
+    elif form < 0.85:  # contrast: the clause after "but" decides
+        other = rng.choice([s for s in _SUBJECTS if s != subj])
+        text = (
+            f"{subj} {verb} {_adjective(rng, not label)}, but {other} {rng.choice(_VERBS)} "
+            f"{very}{_adjective(rng, label)}."
+        )
+    else:  # concession: the main clause decides
+        other = rng.choice([s for s in _SUBJECTS if s != subj])
+        text = (
+            f"although {subj} {verb} {_adjective(rng, not label)}, {other} {rng.choice(_VERBS)} "
+            f"{very}{_adjective(rng, label)}."
+        )
+    return text[0].upper() + text[1:], int(label)
+
+
+def sentiment(train_size: int, validation_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
+    """Binary sentiment of movie-review sentences: columns text, label (negative / positive)."""
+    names = ("negative", "positive")
+    out: dict[str, list[dict]] = {}
+    for offset, (split, size) in enumerate(
+        (("train", train_size), ("validation", validation_size), ("test", test_size))
+    ):
+        if size == 0:
+            continue
+        rng = random.Random(f"sentiment/{seed}/{offset}")
+        rows = []
+        for _ in range(size):
+            text, label = _sentiment_sentence(rng)
+            rows.append({"text": text, "label": names[label]})
+        out[split] = rows
+    return out
+
+
+GENERATORS: dict[str, Callable[..., dict[str, list[dict]]]] = {"sentiment": sentiment}

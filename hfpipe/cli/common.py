@@ -1,0 +1,59 @@
+"""What every command shares: argument types, error-to-exit-code mapping, logging, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory written by `hfpipe train`.", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Overrides applied before validation: key.sub=value (YAML value) or ~key (delete).",
+                   show_default=False),
+]
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print a user error on one line (stderr) and exit with its code; let real bugs keep their traceback."""
+    from hfpipe.errors import HfpipeError
+
+    try:
+        yield
+    except HfpipeError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(stream=sys.stderr, format="hfpipe: %(message)s", force=True,
+                        level=logging.DEBUG if verbose else logging.INFO)
+    # Third-party INFO chatter (datasets, accelerate) hides what matters.
+    for name in ("datasets", "accelerate", "transformers", "httpx", "filelock", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
+    rows = [tuple(str(c) for c in r) for r in rows]
+    if header:
+        rows = [header, *rows]
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if header:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,99 @@
+"""Commands that run models: train, evaluate, predict. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hfpipe.cli.common import OverridesArg, RecipeArg, RunDirArg, fmt, setup_logging, table, user_errors
+
+
+def train(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Fine-tune or pretrain according to RECIPE; writes a Hugging Face model directory to output_dir."""
+    setup_logging(verbose)
+    with user_errors():
+        from hfpipe.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides or [])
+        from hfpipe.api import train as run_train
+
+        run_dir = run_train(loaded, overwrite=overwrite)
+        _summary(run_dir)
+
+
+def _summary(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = []
+    for split in ("validation", "test"):
+        for name, value in (metrics.get(split) or {}).items():
+            rows.append((split, name, fmt(value)))
+    typer.echo("")
+    if rows:
+        typer.echo(table(rows, ("split", "metric", "value")))
+    best = f", best step {metrics['best_step']} by {metrics['metric_for_best']}" if metrics.get("best_step") else ""
+    t = metrics["train"]
+    typer.echo(f"\ntrained {t['steps']} steps in {t['runtime_s']:.1f} s{best}")
+    typer.echo(f"run directory: {run_dir}")
+
+
+def evaluate(
+    run_dir: RunDirArg,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled file with the recipe's columns.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Recipe split to score when --data is not given.")] = "test",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
+) -> None:
+    """Score a trained run on --data FILE or on its recipe's test split."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.api import evaluate_run
+
+        metrics = evaluate_run(run_dir, str(data) if data else None, split)
+        typer.echo(table([(k, fmt(v)) for k, v in metrics.items()], ("metric", "value")))
+        if output:
+            from hfpipe.io import write_json
+
+            write_json(output, metrics)
+
+
+def predict(
+    run_dir: RunDirArg,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="Text to classify (repeatable).")] = None,
+    text_pair: Annotated[list[str] | None, typer.Option("--text-pair", help="Second text of a pair "
+                                                        "(one per --text).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help=".txt (one text per line) or csv / tsv / "
+                                              "jsonl with the recipe's columns.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions as JSON lines here.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+) -> None:
+    """Predict with a trained run: prints one JSON line per input (or writes them to --output)."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.errors import DataError
+
+        if (text is None) == (file is None):
+            raise DataError("give --text (repeatable) or --file, not both and not neither")
+        from hfpipe.api import predict_run
+
+        rows, preds = predict_run(run_dir, texts=text, text_pairs=text_pair, file=file, batch_size=batch_size)
+        lines = [json.dumps({**row, **pred}, ensure_ascii=False) for row, pred in zip(rows, preds, strict=True)]
+        if output:
+            from hfpipe.io import atomic_write_text
+
+            atomic_write_text(output, "\n".join(lines) + "\n")
+            typer.echo(f"wrote {len(lines)} predictions to {output}", err=True)
+        else:
+            typer.echo("\n".join(lines))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(context_settings={"allow_extra_args": False})(train)
+    app.command()(evaluate)
+    app.command()(predict)

@@ -1,0 +1,258 @@
+"""Load the recipe's data into a DatasetDict (train / validation / test) with errors that name file and line.
+
+Local files are read with the `datasets` builders (Arrow, fast, memory-mapped). Each file is loaded on
+its own and tagged with a file index and row number, so a problem found later (a bad label, an empty
+text) is reported as ``data/train.csv:17: column 'label': ...`` even after shuffling or splitting.
+When a builder fails, the file is scanned with the standard library to find the offending line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfpipe.errors import DataError
+
+log = logging.getLogger("hfpipe")
+
+ROW = "_hfpipe_row"  # 0-based row of the example in its file
+FILE = "_hfpipe_file"  # index into RawData.files
+SPLITS = ("train", "validation", "test")
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
+           ".txt": "text"}
+
+
+@dataclass
+class RawData:
+    """The raw splits plus what is needed to point at a row in its file."""
+
+    splits: dict  # split name -> datasets.Dataset
+    files: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
+    origin: str = "files"  # files | hub | builtin
+
+    def where(self, split: str, example: dict | None = None) -> dict:
+        """file= and line= keyword arguments for a DataError about this example (or split)."""
+        if example is not None and FILE in example and example[FILE] is not None:
+            path, fmt = self.files[example[FILE]], self.formats[example[FILE]]
+            row = int(example[ROW])
+            # csv / tsv have a header line; json lines count from 1; parquet has rows, not lines.
+            line = row + 2 if fmt in ("csv", "tsv") else row + 1
+            if fmt in ("parquet", "json"):
+                return {"file": f"{_shown(path)} (row {row + 1})"}
+            return {"file": _shown(path), "line": line}
+        if example is not None and ROW in example:
+            return {"file": f"{self.origin} split {split!r} (row {int(example[ROW]) + 1})"}
+        split_files = sorted({self.files[i] for i in self._file_ids(split)}) if self.files else []
+        if split_files:
+            return {"file": ", ".join(_shown(f) for f in split_files)}
+        return {"file": f"{self.origin} split {split!r}"}
+
+    def _file_ids(self, split: str) -> list[int]:
+        ds = self.splits.get(split)
+        if ds is None or FILE not in ds.column_names or len(ds) == 0:
+            return []
+        return sorted(set(ds.unique(FILE)))
+
+
+def _shown(path: str) -> str:
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("../..") else path
+
+
+def file_format(path: str, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    suffix = Path(path).suffix.lower()
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    raise DataError(f"cannot tell the format from the extension {suffix!r}; set data.format "
+                    f"(one of csv, tsv, json, jsonl, parquet)", file=_shown(path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _load_file(path: str, fmt: str, file_index: int):
+    import datasets
+
+    shown = _shown(path)
+    if not os.path.exists(path):
+        raise DataError("file not found", file=shown)
+    if os.path.isdir(path):
+        raise DataError("is a directory, not a data file", file=shown)
+    if os.path.getsize(path) == 0:
+        raise DataError("file is empty", file=shown)
+    builder, kwargs = {
+        "csv": ("csv", {"delimiter": ",", "keep_default_na": False, "na_filter": False}),
+        # GLUE-style tsv files are not quoted: a " inside a sentence is just a character.
+        "tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False,
+                        "na_filter": False}),
+        "json": ("json", {}),
+        "jsonl": ("json", {}),
+        "parquet": ("parquet", {}),
+        "text": ("text", {}),
+    }[fmt]
+    try:
+        ds = datasets.load_dataset(builder, data_files={"data": path}, split="data", **kwargs)
+    except Exception as exc:  # the builders raise many types; find the real cause in the file
+        raise _diagnose(path, fmt, exc) from None
+    if len(ds) == 0:
+        raise DataError("file has no rows", file=shown)
+    ds = ds.add_column(ROW, list(range(len(ds))))
+    return ds.add_column(FILE, [file_index] * len(ds))
+
+
+def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
+    """Turn a builder failure into a DataError pointing at the first bad line of the file."""
+    shown = _shown(path)
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8",
+                         file=shown, line=line)
+    if fmt == "jsonl" or (fmt == "json" and not text.lstrip().startswith(("[", "{\n", "{\r"))):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                return DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=shown, line=number)
+            if not isinstance(value, dict):
+                return DataError(f"expected a JSON object per line, got {type(value).__name__}",
+                                 file=shown, line=number)
+    if fmt == "json":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            return DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=shown, line=e.lineno)
+    if fmt in ("csv", "tsv"):
+        delimiter = "\t" if fmt == "tsv" else ","
+        quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting)
+        header = next(reader, None) or []
+        for number, row in enumerate(reader, start=2):
+            if row and len(row) != len(header):
+                return DataError(f"expected {len(header)} fields (as in the header), found {len(row)}",
+                                 file=shown, line=number)
+    cause = str(exc).strip().splitlines()
+    detail = cause[-1] if cause else type(exc).__name__
+    return DataError(f"cannot read as {fmt}: {detail[:300]}", file=shown)
+
+
+def _load_files(paths: list[str], declared: str, files: list[str], formats: list[str]):
+    import datasets
+
+    parts = []
+    for path in paths:
+        fmt = file_format(path, declared)
+        files.append(path)
+        formats.append(fmt)
+        parts.append(_load_file(path, fmt, len(files) - 1))
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return datasets.concatenate_datasets(parts)
+    except ValueError as exc:
+        raise DataError(f"files of one split have different columns: {exc}",
+                        file=", ".join(_shown(p) for p in paths)) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def load_raw(recipe) -> RawData:
+    """The recipe's data as RawData: splits train (always), validation and test (when given)."""
+    import datasets
+
+    data = recipe.data
+    if data.builtin is not None:
+        from hfpipe.builtin_data import GENERATORS
+
+        b = data.builtin
+        rows = GENERATORS[b.name](b.train_size, b.validation_size, b.test_size, b.seed)
+        splits = {}
+        for name, split_rows in rows.items():
+            ds = datasets.Dataset.from_list(split_rows)
+            splits[name] = ds.add_column(ROW, list(range(len(ds))))
+        raw = RawData(splits, origin=f"builtin:{b.name}")
+    elif data.dataset is not None:
+        raw = RawData(_load_hub(data), origin=f"hub:{data.dataset}")
+    else:
+        if data.train is None:
+            raise DataError("data.train is required (validation and test alone cannot train a model)")
+        files: list[str] = []
+        formats: list[str] = []
+        splits = {}
+        for split in SPLITS:
+            value = getattr(data, split)
+            if value is None:
+                continue
+            paths = [value] if isinstance(value, str) else list(value)
+            splits[split] = _load_files(paths, data.format, files, formats)
+        raw = RawData(splits, files, formats)
+
+    if "validation" not in raw.splits and data.validation_fraction:
+        parts = raw.splits["train"].train_test_split(test_size=data.validation_fraction,
+                                                     seed=recipe.train.seed, shuffle=True)
+        raw.splits["train"], raw.splits["validation"] = parts["train"], parts["test"]
+        log.info("held out %d of %d training rows as validation (data.validation_fraction=%s)",
+                 len(parts["test"]), len(parts["train"]) + len(parts["test"]), data.validation_fraction)
+    if data.max_train_samples:
+        train = raw.splits["train"]
+        raw.splits["train"] = train.select(range(min(data.max_train_samples, len(train))))
+    if data.max_eval_samples:
+        for split in ("validation", "test"):
+            if split in raw.splits:
+                ds = raw.splits[split]
+                raw.splits[split] = ds.select(range(min(data.max_eval_samples, len(ds))))
+    return raw
+
+
+def _load_hub(data) -> dict:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(data.dataset, data.dataset_config, revision=data.revision)
+    except Exception as exc:  # offline, unknown name, gated, ...
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        hint = " (HF_HUB_OFFLINE is set: only cached datasets load)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise DataError(f"cannot load Hub dataset {data.dataset!r}: {detail}{hint}",
+                        file=f"hub:{data.dataset}") from None
+    splits = {}
+    for split in SPLITS:
+        name = data.splits.get(split, split)
+        if name in loaded:
+            ds = loaded[name]
+            splits[split] = ds.add_column(ROW, list(range(len(ds))))
+        elif split in data.splits:
+            raise DataError(f"split {name!r} not found (available: {', '.join(loaded)})",
+                            file=f"hub:{data.dataset}")
+    if "train" not in splits:
+        raise DataError(f"no train split (available: {', '.join(loaded)}); map one with data.splits",
+                        file=f"hub:{data.dataset}")
+    return splits
+
+
+def require_columns(raw: RawData, split: str, columns: list[str], keys: list[str]) -> None:
+    """DataError unless the split has every column; `keys` name the recipe keys to fix it."""
+    ds = raw.splits[split]
+    present = [c for c in ds.column_names if c not in (ROW, FILE)]
+    for column, key in zip(columns, keys, strict=True):
+        if column not in ds.column_names:
+            from hfpipe.errors import did_you_mean
+
+            raise DataError(
+                f"column {column!r} not found{did_you_mean(column, present)} "
+                f"(columns: {', '.join(present)}; set {key})",
+                **raw.where(split),
+            )

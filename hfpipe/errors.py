@@ -1,0 +1,78 @@
+"""User-facing errors: one family, each carrying where it happened, each with its own exit code.
+
+Library code raises these and never exits; the CLI prints ``str(error)`` on one line and exits with
+``error.exit_code``. Anything else escaping is a bug in hfpipe and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HfpipeError(Exception):
+    """Base class: a message plus an optional location (file, line, key)."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
+
+
+class RecipeError(HfpipeError):
+    """The recipe (file, extends chain or command-line overrides) is invalid. Exit code 2."""
+
+    exit_code = 2
+    kind = "recipe error"
+
+    def __init__(self, message: str, *, more: list[RecipeError] | None = None, **where) -> None:
+        super().__init__(message, **where)
+        self.more = more or []
+
+    def all(self) -> list[RecipeError]:
+        return [self, *self.more]
+
+
+class DataError(HfpipeError):
+    """The data named by the recipe cannot be used as it is (file, line or row, column). Exit code 3."""
+
+    exit_code = 3
+    kind = "data error"
+
+
+class TrainingError(HfpipeError):
+    """Training cannot start or continue (output directory, device, non-finite loss). Exit code 4."""
+
+    exit_code = 4
+    kind = "training error"
+
+
+class RunError(HfpipeError):
+    """A run directory given to predict / evaluate is missing or incomplete. Exit code 5."""
+
+    exit_code = 5
+    kind = "run error"
+
+
+def did_you_mean(word: str, options) -> str:
+    """' (did you mean 'x'?)' for the closest option, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""

@@ -1,0 +1,215 @@
+"""The run directory: atomic writes, its layout, and the model card.
+
+Layout (a Hugging Face model directory plus hfpipe's records)::
+
+    RUN_DIR/config.json, model.safetensors, tokenizer*.json   the final (best) model
+    RUN_DIR/recipe.yaml                                       the resolved recipe that ran
+    RUN_DIR/metrics.jsonl                                     one line per log / eval event
+    RUN_DIR/metrics.json                                      final summary (best, validation, test)
+    RUN_DIR/README.md                                         model card
+    RUN_DIR/checkpoints/step-000100/                          resumable training state
+    RUN_DIR/checkpoints/best/                                 weights of the best evaluation so far
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hfpipe.errors import TrainingError
+
+RECIPE = "recipe.yaml"
+METRICS = "metrics.json"
+METRICS_LOG = "metrics.jsonl"
+CARD = "README.md"
+CHECKPOINTS = "checkpoints"
+
+
+def _repo_root(start: Path) -> Path | None:
+    for parent in (start, *start.parents):
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
+    """Create the run directory; refuse to clobber an existing one unless `overwrite` says so."""
+    out = Path(path).expanduser().resolve()
+    forbidden = {Path("/"), Path.home().resolve()}
+    root = _repo_root(Path.cwd().resolve())
+    if root is not None:
+        forbidden.add(root)
+    if out in forbidden:
+        raise TrainingError(f"refusing to use {out} as output_dir (it is / , the home directory or the "
+                            "repository root); pick a subdirectory", key="output_dir")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out} exists and is not a directory", key="output_dir")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TrainingError(
+                f"{out} already holds files; pass --overwrite to replace that run (or change output_dir)",
+                key="output_dir",
+            )
+        if not (out / RECIPE).exists() and not (out / CHECKPOINTS).exists():
+            raise TrainingError(f"{out} is not an hfpipe run directory (no {RECIPE}); refusing to delete "
+                                "what is in it, even with --overwrite", key="output_dir")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(_jsonable(record)) + "\n")
+
+
+def atomic_dir(final: Path, fill) -> Path:
+    """Build a directory with `fill(tmp_dir)` next to `final`, then rename it into place.
+
+    A crash at any moment leaves either the old directory or the new one, never a mix: an unfinished
+    temporary directory starts with '.tmp-' and is ignored (and cleaned) by later runs.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    fill(tmp)
+    if final.exists():
+        old = final.parent / f".old-{final.name}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def export_model(model, tokenizer, run_dir: Path) -> None:
+    """Save model + tokenizer into the run directory's root, config.json last.
+
+    Files are written to a temporary directory and moved in one by one with atomic renames; config.json,
+    which makes the directory loadable, arrives last, so a half-exported directory never loads.
+    """
+    run_dir = Path(run_dir)
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    staged = atomic_dir(run_dir / ".export", fill)
+    names = sorted(p.name for p in staged.iterdir())
+    names.sort(key=lambda n: n == "config.json")
+    mode = 0o666 & ~_umask()
+    for name in names:
+        if (staged / name).is_file():
+            os.chmod(staged / name, mode)
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staged / name, target)
+    staged.rmdir()
+
+
+def model_card(recipe, task, metrics: dict, command: str, num_parameters: int) -> str:
+    """README.md for the run directory: Hub metadata, what was trained on what, the results."""
+    from hfpipe import __version__
+
+    model = recipe.model.name_or_path or f"{recipe.model.architecture} built from config"
+    data = recipe.data
+    if data.builtin:
+        source = f"hfpipe built-in dataset `{data.builtin.name}` (seed {data.builtin.seed})"
+    elif data.dataset:
+        source = f"Hub dataset `{data.dataset}`" + (f" / `{data.dataset_config}`" if data.dataset_config else "")
+    else:
+        files = [data.train] if isinstance(data.train, str) else list(data.train or [])
+        source = ", ".join(f"`{Path(f).name}`" for f in files)
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {task.pipeline_tag}",
+        "tags:",
+        "- hfpipe",
+        f"- {task.name}",
+        "---",
+        "",
+        f"# {Path(recipe.output_dir).name}",
+        "",
+        recipe.description or f"A {task.name} model trained with hfpipe {__version__}.",
+        "",
+        f"- **Task:** {task.name} ({task.description})",
+        f"- **Model:** {model}, {num_parameters:,} parameters",
+        f"- **Data:** {source}",
+        f"- **Command:** `{command}`",
+        "",
+        "## Results",
+        "",
+        "| split | metric | value |",
+        "|---|---|---|",
+    ]
+    for split in ("validation", "test"):
+        for name, value in (metrics.get(split) or {}).items():
+            lines.append(f"| {split} | {name} | {_fmt(value)} |")
+    if metrics.get("best_step") is not None:
+        lines += ["", f"Best checkpoint: step {metrics['best_step']} by {metrics.get('metric_for_best')}."]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f'pipe = pipeline("{task.pipeline_tag}", model="{Path(recipe.output_dir).name}")',
+        "```",
+        "",
+        "The exact recipe is in `recipe.yaml`; training logs in `metrics.jsonl`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

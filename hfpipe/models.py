@@ -1,0 +1,98 @@
+"""Build the task's head: ``from_pretrained`` for a Hub name or local directory, ``from_config`` for scratch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hfpipe.errors import RecipeError, RunError, did_you_mean
+
+log = logging.getLogger("hfpipe")
+
+
+def auto_class(task):
+    import transformers
+
+    return getattr(transformers, task.auto_model)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _check_config_keys(config_class, keys, where: str) -> None:
+    """RecipeError for a config key the model class does not know (AutoConfig would silently keep it)."""
+    known = set(config_class().to_dict())
+    known |= set(getattr(config_class, "attribute_map", {}))
+    for key in keys:
+        if key not in known:
+            raise RecipeError(
+                f"{config_class.model_type} has no config key {key!r}{did_you_mean(key, known)}",
+                key=f"{where}.{key}",
+            )
+
+
+def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
+    """The model for `recipe` with the task's head; config values from the recipe, then the head's."""
+    import transformers
+
+    cls = auto_class(task)
+    spec = recipe.model
+    if spec.architecture:
+        from hfpipe.architectures import ARCHITECTURES
+
+        arch = ARCHITECTURES[spec.architecture]
+        config_class = transformers.CONFIG_MAPPING[arch.model_type]
+        _check_config_keys(config_class, spec.config, "model.config")
+        special = {k: tokenizer.convert_tokens_to_ids(v) for k, v in arch.special_tokens.items()
+                   if k in ("pad_token", "bos_token", "eos_token")}
+        config = config_class(
+            **spec.config,
+            vocab_size=len(tokenizer),
+            **{f"{k}_id": v for k, v in special.items()},
+            **head_kwargs,
+        )
+        transformers.set_seed(recipe.train.seed)  # the random init is part of the recipe's seed
+        model = cls.from_config(config)
+        log.info("built %s from config: %s parameters", arch.model_type, f"{model.num_parameters():,}")
+        return model
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}",
+                          key="model.name_or_path") from None
+    _check_config_keys(type(config), spec.config, "model.config")
+    for key, value in {**spec.config, **head_kwargs}.items():
+        setattr(config, key, value)
+    transformers.set_seed(recipe.train.seed)  # a new head is initialised randomly too
+    try:
+        model = cls.from_pretrained(
+            spec.name_or_path,
+            config=config,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            use_safetensors=None,
+        )
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}",
+                          key="model.name_or_path") from None
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    log.info("loaded %s: %s parameters", spec.name_or_path, f"{model.num_parameters():,}")
+    return model
+
+
+def load_run_model(run_dir, task):
+    """Model and tokenizer of a finished run directory (a Hugging Face model directory)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        model = auto_class(task).from_pretrained(str(run_dir))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot load the model: {_first_line(exc)}", file=str(run_dir)) from None
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,292 @@
+"""The recipe schema: nested, strict, frozen pydantic sections. Each field is documented here, once.
+
+Unknown keys are errors at every level (``extra="forbid"``); cross-field rules live in ``mode="after"``
+validators on the section that owns both fields. Names (tasks, architectures, built-in datasets,
+schedulers) are checked against registries, never imported: a recipe is data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+# Marks a field whose value is a filesystem path: the loader resolves it relative to the recipe file.
+PATH = {"hfpipe_path": True}
+# Marks a field that may be a path or a Hub name: resolved only when it exists or starts with . / ~
+PATH_OR_HUB = {"hfpipe_path": "maybe"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Model(Section):
+    """Which model to start from: a pretrained checkpoint, or an architecture built from a config."""
+
+    name_or_path: str | None = Field(
+        None,
+        description="Hub model name or local directory (e.g. a previous hfpipe run) to start from.",
+        json_schema_extra=PATH_OR_HUB,
+    )
+    architecture: str | None = Field(
+        None,
+        description="Build a randomly initialised model of this architecture (see `hfpipe recipes --list`).",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Config values for the model (hidden_size, num_hidden_layers, dropout, ...). "
+        "With `architecture` they define the model; with `name_or_path` they override the checkpoint's.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of name_or_path.")
+    trust_remote_code: bool = Field(
+        False, description="Allow the checkpoint to run its own Python code. Off unless set here."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Model:
+        if bool(self.name_or_path) == bool(self.architecture):
+            raise ValueError("give exactly one of model.name_or_path or model.architecture")
+        if self.architecture is not None:
+            from hfpipe.architectures import ARCHITECTURES
+
+            if self.architecture not in ARCHITECTURES:
+                from hfpipe.errors import did_you_mean
+
+                raise ValueError(
+                    f"unknown architecture {self.architecture!r}{did_you_mean(self.architecture, ARCHITECTURES)}"
+                    f" (known: {', '.join(sorted(ARCHITECTURES))})"
+                )
+        return self
+
+
+class TokenizerTraining(Section):
+    """Train a tokenizer on the training split with the `tokenizers` library."""
+
+    algorithm: Literal["wordpiece"] | None = Field(
+        None, description="Tokenization model; None picks the architecture's own (WordPiece for BERT)."
+    )
+    vocab_size: int = Field(8000, ge=64, le=1_000_000, description="Target vocabulary size.")
+    min_frequency: int = Field(2, ge=1, description="Drop merges / pieces seen fewer times than this.")
+    lowercase: bool = Field(True, description="Lowercase and strip accents before tokenizing.")
+    max_examples: int | None = Field(
+        None, ge=1, description="Train on at most this many training rows (None: all of them)."
+    )
+
+
+class Tokenizer(Section):
+    """Where the tokenizer comes from. Empty: the model's own (pretrained) or a trained one (scratch)."""
+
+    name_or_path: str | None = Field(
+        None, description="Hub name or local directory of a tokenizer.", json_schema_extra=PATH_OR_HUB
+    )
+    train: TokenizerTraining | None = Field(None, description="Train a new tokenizer on the training data.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Tokenizer:
+        if self.name_or_path and self.train:
+            raise ValueError("give at most one of tokenizer.name_or_path or tokenizer.train")
+        return self
+
+
+class Columns(Section):
+    """Which column of the data plays which role."""
+
+    text: str = Field("text", description="Column with the (first) text.")
+    text_pair: str | None = Field(None, description="Column with the second text of a sentence pair.")
+    label: str = Field("label", description="Column with the label (a class name, an int id, or a float).")
+
+
+class Builtin(Section):
+    """A dataset that hfpipe generates itself, deterministically (for demos and tests)."""
+
+    name: str = Field(description="Generator name, e.g. `sentiment`.")
+    train_size: int = Field(4000, ge=1, description="Rows in the train split.")
+    validation_size: int = Field(500, ge=0, description="Rows in the validation split.")
+    test_size: int = Field(500, ge=0, description="Rows in the test split.")
+    seed: int = Field(0, description="Seed of the generator (not of training).")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from hfpipe.builtin_data import GENERATORS
+
+        if name not in GENERATORS:
+            from hfpipe.errors import did_you_mean
+
+            raise ValueError(
+                f"unknown built-in dataset {name!r}{did_you_mean(name, GENERATORS)} "
+                f"(known: {', '.join(sorted(GENERATORS))})"
+            )
+        return name
+
+
+Files = Annotated[str | list[str], Field(json_schema_extra=PATH)]
+
+
+class Data(Section):
+    """Where the examples come from: local files, a Hub dataset, or a built-in generator."""
+
+    train: Files | None = Field(None, description="Training file(s): csv, tsv, json, jsonl or parquet.")
+    validation: Files | None = Field(None, description="Validation file(s), same formats.")
+    test: Files | None = Field(None, description="Test file(s), scored once at the end with the best model.")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
+        "auto", description="File format; auto picks it from the file extension."
+    )
+    dataset: str | None = Field(None, description="Hub dataset name (needs network unless cached).")
+    dataset_config: str | None = Field(None, description="Hub dataset configuration, e.g. `sst2` of `glue`.")
+    revision: str | None = Field(None, description="Hub dataset revision.")
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=dict,
+        description="Hub split names to use, e.g. {validation: validation_matched}. Default: same names.",
+    )
+    builtin: Builtin | None = Field(None, description="Generate the data instead of reading it.")
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Hold out this fraction of train as validation when none is given."
+    )
+    columns: Columns = Field(default_factory=Columns, description="Column roles.")
+    labels: list[str] | None = Field(
+        None,
+        description="Class names in id order. Int labels in the data index this list; string labels must "
+        "be in it. None: inferred from the training split (sorted).",
+    )
+    label_type: Literal["auto", "classes", "regression"] = Field(
+        "auto", description="auto: float labels mean regression (one output), anything else classes."
+    )
+    max_length: int = Field(128, ge=8, description="Truncate inputs to this many tokens.")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N validation / test rows.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Data:
+        sources = [name for name in ("files", "dataset", "builtin") if self._has(name)]
+        if not sources:
+            raise ValueError("give data.train (files), data.dataset (Hub) or data.builtin")
+        if len(sources) > 1:
+            raise ValueError(f"give only one data source, not {' and '.join(sources)}")
+        if self.validation is not None and self.validation_fraction is not None:
+            raise ValueError("give data.validation or data.validation_fraction, not both")
+        if self.labels is not None:
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("data.labels has duplicates")
+            if self.label_type == "regression":
+                raise ValueError("data.labels makes no sense with label_type: regression")
+        return self
+
+    def _has(self, source: str) -> bool:
+        if source == "files":
+            return any(v is not None for v in (self.train, self.validation, self.test))
+        return getattr(self, source) is not None
+
+
+class Train(Section):
+    """How to train: schedule, optimisation, evaluation and checkpoint cadence, early stopping."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored with max_steps).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Examples per device per forward pass.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation (default: 2x).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warmup: linear to 0, cosine to 0, or constant."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (overrides warmup_ratio).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases / LayerNorm).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm (None: no clipping).")
+    seed: int = Field(42, description="Seeds python, numpy, torch, model init and the data order.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision. fp32 is the CPU default (bf16 is ~15x slower on CPUs "
+        "without AMX); fp16 needs a GPU."
+    )
+    eval_every: int | Literal["epoch", "never"] = Field(
+        "epoch", description="Evaluate every N optimizer steps, each epoch, or never."
+    )
+    save_every: int | Literal["epoch", "never"] = Field(
+        "epoch", description="Write a resumable checkpoint every N steps, each epoch, or never."
+    )
+    save_total_limit: int | None = Field(
+        2, ge=1, description="Keep only the newest N checkpoints (the best model is kept apart)."
+    )
+    log_every: int = Field(20, ge=1, description="Log loss, lr and throughput every N optimizer steps.")
+    metric_for_best: str | None = Field(
+        None, description="Validation metric that picks the best model (default: the task's, e.g. accuracy)."
+    )
+    greater_is_better: bool | None = Field(
+        None, description="Direction of metric_for_best (default: False for loss / perplexity, else True)."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement of metric_for_best."
+    )
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, description="An improvement smaller than this does not count."
+    )
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding), in shuffled order."
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @model_validator(mode="after")
+    def _cadence(self) -> Train:
+        if self.early_stopping_patience is not None and self.eval_every == "never":
+            raise ValueError("early_stopping_patience needs evaluation: set eval_every")
+        return self
+
+
+class Recipe(Section):
+    """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
+
+    task: str = Field(description="Task head, e.g. `classification` (see `hfpipe recipes --list`).")
+    description: str | None = Field(None, description="One line saying what this recipe is for.")
+    model: Model = Field(description="The model to fine-tune or build.")
+    tokenizer: Tokenizer = Field(default_factory=Tokenizer, description="The tokenizer to load or train.")
+    data: Data = Field(description="The examples.")
+    train: Train = Field(default_factory=Train, description="The training loop's settings.")
+    output_dir: str = Field(
+        description="Run directory: a Hugging Face model directory plus recipe, metrics and card.",
+        json_schema_extra=PATH,
+    )
+
+    # Where the recipe came from (for messages and the model card); not part of the recipe.
+    _source: str | None = PrivateAttr(None)
+    _overrides: tuple[str, ...] = PrivateAttr(())
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from hfpipe.tasks import task_names
+
+        names = task_names()
+        if name not in names:
+            from hfpipe.errors import did_you_mean
+
+            raise ValueError(f"unknown task {name!r}{did_you_mean(name, names)} (known: {', '.join(names)})")
+        return name
+
+    @model_validator(mode="after")
+    def _tokenizer_source(self) -> Recipe:
+        if self.model.name_or_path and self.tokenizer.train:
+            raise ValueError(
+                "tokenizer.train needs model.architecture: a pretrained model keeps its own vocabulary"
+            )
+        if self.model.architecture and not (self.tokenizer.name_or_path or self.tokenizer.train):
+            # A model built from scratch has no tokenizer of its own: train one with the defaults.
+            object.__setattr__(self, "tokenizer", Tokenizer(train=TokenizerTraining()))
+        if self.tokenizer.train and self.tokenizer.train.algorithm is None:
+            from hfpipe.architectures import ARCHITECTURES
+
+            arch = ARCHITECTURES.get(self.model.architecture or "bert")
+            train = self.tokenizer.train.model_copy(update={"algorithm": arch.tokenizer})
+            object.__setattr__(self, "tokenizer", self.tokenizer.model_copy(update={"train": train}))
+        return self
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return self._overrides

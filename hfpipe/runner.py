@@ -1,0 +1,325 @@
+"""fit(): the one training loop, on Accelerate, shared by every task.
+
+Tasks hand it tokenized datasets, a collator and an evaluate function; it owns batching, the optimizer
+and schedule, accumulation, clipping, evaluation cadence, best-model selection, early stopping,
+checkpoints and the metrics log. Reads top to bottom: setup, loop, finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hfpipe import io
+from hfpipe.errors import TrainingError
+
+log = logging.getLogger("hfpipe")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batching
+
+
+class BatchSampler:
+    """Shuffled batches; with `group_by_length`, examples of similar length share a batch.
+
+    Like transformers' LengthGroupedSampler: shuffle, cut into mega-batches of 50 batches, sort each
+    mega-batch by length, cut into batches, shuffle the batches. Padding falls to a few percent while
+    the order stays random. Deterministic in (seed, epoch).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        if not self.group_by_length:
+            return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        mega = self.batch_size * 50
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start: start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        shuffle = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in shuffle]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Evaluation batches in length order: least padding, and order does not matter for metrics."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def split_lengths(dataset):
+    """(dataset without its 'length' column, lengths); lengths from input_ids when absent."""
+    if "length" in dataset.column_names:
+        return dataset.remove_columns("length"), list(dataset["length"])
+    return dataset, [len(x) for x in dataset["input_ids"]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# State kept across steps (and, in checkpoints, across processes)
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    epoch_float: float = 0.0  # progress in epochs, for the logs
+    examples_seen: int = 0
+    tokens_seen: int = 0
+
+
+def _improved(value: float, best: float | None, greater: bool, threshold: float) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value > best + threshold if greater else value < best - threshold
+
+
+def _optimizer(model, spec):
+    import torch
+
+    # The usual split: no weight decay on biases and normalisation weights.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.adam_betas), eps=spec.adam_epsilon)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fit
+
+
+@dataclass
+class FitResult:
+    model: object  # the unwrapped model holding the best (or last) weights
+    state: TrainState
+    validation: dict
+    train_runtime: float
+    metric_for_best: str | None
+
+
+def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> FitResult:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    spec = recipe.train
+    if spec.precision == "fp16" and not torch.cuda.is_available():
+        raise TrainingError("precision fp16 needs a CUDA GPU; use fp32 (or bf16) on this machine",
+                            key="train.precision")
+    accelerator = Accelerator(
+        mixed_precision={"fp32": "no"}.get(spec.precision, spec.precision),
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+    )
+    set_seed(spec.seed)
+    collate = task.collator(tokenizer, recipe)
+
+    train_ds, train_lengths = split_lengths(train_ds)
+    sampler = BatchSampler(train_lengths, spec.batch_size, spec.seed, spec.group_by_length)
+    train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=spec.num_workers)
+    eval_dl = None
+    if eval_ds is not None and len(eval_ds) > 0 and spec.eval_every != "never":
+        eval_ds, eval_lengths = split_lengths(eval_ds)
+        eval_dl = DataLoader(eval_ds, batch_sampler=eval_batches(eval_lengths, spec.eval_batch_size or 2 * spec.batch_size),
+                             collate_fn=collate, num_workers=spec.num_workers)
+
+    steps_per_epoch = math.ceil(len(train_dl) / spec.gradient_accumulation_steps)
+    total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = spec.warmup_steps if spec.warmup_steps is not None else math.ceil(spec.warmup_ratio * total_steps)
+    optimizer = _optimizer(model, spec)
+    scheduler = get_scheduler(spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    if eval_dl is not None:
+        eval_dl = accelerator.prepare(eval_dl)
+
+    metric_for_best = spec.metric_for_best or task.primary_metric(accelerator.unwrap_model(model).config)
+    greater = spec.greater_is_better
+    if greater is None:
+        greater = not any(word in metric_for_best for word in ("loss", "perplexity", "mse", "error"))
+    if eval_dl is None:
+        log.info("no validation split: training for %d steps without evaluation; the last model is kept",
+                 total_steps)
+    log.info("training: %d examples, %d epochs, %d steps (batch %d x %d accumulation, %d process(es)), "
+             "warmup %d", len(train_ds), num_epochs, total_steps, spec.batch_size,
+             spec.gradient_accumulation_steps, accelerator.num_processes, warmup)
+
+    state = TrainState()
+    metrics_log = run_dir / io.METRICS_LOG
+    best_dir = run_dir / io.CHECKPOINTS / "best"
+    last_eval: dict = {}
+    last_eval_step = last_save_step = -1
+    stop = False
+
+    def record(kind: str, values: dict) -> None:
+        if accelerator.is_main_process:
+            io.append_jsonl(metrics_log, {"type": kind, "step": state.step, "epoch": round(state.epoch_float, 4),
+                                          **values})
+
+    def run_eval() -> dict:
+        nonlocal stop
+        nonlocal last_eval_step
+        metrics = task.evaluate(model, eval_dl, accelerator, recipe)
+        last_eval_step = state.step
+        record("eval", {f"eval_{k}": v for k, v in metrics.items()})
+        value = metrics.get(metric_for_best)
+        if value is None:
+            raise TrainingError(f"metric {metric_for_best!r} is not computed by task {task.name} "
+                                f"(it computes: {', '.join(metrics)})", key="train.metric_for_best")
+        if _improved(value, state.best_metric, greater, spec.early_stopping_threshold):
+            state.best_metric, state.best_step = value, state.step
+            state.evals_without_improvement = 0
+            if accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(model)
+                io.atomic_dir(best_dir, lambda tmp: unwrapped.save_pretrained(tmp, safe_serialization=True))
+        else:
+            state.evals_without_improvement += 1
+            if spec.early_stopping_patience and state.evals_without_improvement >= spec.early_stopping_patience:
+                log.info("early stopping at step %d: %s has not improved for %d evaluations (best %.4f at "
+                         "step %d)", state.step, metric_for_best, state.evals_without_improvement,
+                         state.best_metric, state.best_step)
+                stop = True
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        log.info("eval at step %d: %s", state.step, shown)
+        return metrics
+
+    def save_checkpoint() -> None:
+        nonlocal last_save_step
+        last_save_step = state.step
+        if not accelerator.is_main_process:
+            return
+        root = run_dir / io.CHECKPOINTS
+
+        def fill(tmp: Path) -> None:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+
+        io.atomic_dir(root / f"step-{state.step:07d}", fill)
+        if spec.save_total_limit:
+            steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+            for old in steps[: -spec.save_total_limit]:
+                import shutil
+
+                shutil.rmtree(old)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    model.train()
+    bar = tqdm(total=total_steps, desc="train", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True, leave=False)
+    started = time.perf_counter()
+    window_start, window_examples, window_tokens = started, 0, 0
+    loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
+    loss_count = 0
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for epoch in range(num_epochs):
+        state.epoch = epoch
+        sampler.set_epoch(epoch)
+        for batch_index, batch in enumerate(train_dl):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and spec.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_count += 1
+            tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            window_examples += batch["input_ids"].shape[0]
+            if not accelerator.sync_gradients:
+                continue  # still accumulating
+            state.step += 1
+            state.epoch_float = epoch + (batch_index + 1) / len(train_dl)
+            bar.update(1)
+
+            if state.step % spec.log_every == 0 or state.step == total_steps:
+                mean_loss = (loss_sum / loss_count).item()  # .item() syncs: only here, every log_every
+                window_tokens = int(tokens.item())
+                now = time.perf_counter()
+                elapsed = max(now - window_start, 1e-9)
+                values = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                          "examples_per_s": window_examples * accelerator.num_processes / elapsed,
+                          "tokens_per_s": window_tokens * accelerator.num_processes / elapsed}
+                if not math.isfinite(mean_loss):
+                    raise TrainingError(f"loss is {mean_loss} at step {state.step}; lower train.lr or check the "
+                                        "data (the last checkpoint is intact)")
+                record("train", values)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{values['lr']:.2e}",
+                                tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
+                state.examples_seen += window_examples
+                state.tokens_seen += window_tokens
+                loss_sum.zero_()
+                tokens.zero_()
+                loss_count, window_examples = 0, 0
+                window_start = now
+
+            if eval_dl is not None and isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0:
+                last_eval = run_eval()
+            if isinstance(spec.save_every, int) and state.step % spec.save_every == 0:
+                save_checkpoint()
+            if stop or state.step >= total_steps:
+                break
+        # End of an epoch (or of training): epoch-cadence evaluation and checkpoint; the final model is
+        # always evaluated and saved, whatever the cadence.
+        finished = stop or state.step >= total_steps
+        if eval_dl is not None and last_eval_step != state.step and (spec.eval_every == "epoch" or finished):
+            last_eval = run_eval()
+        if spec.save_every != "never" and last_save_step != state.step and (spec.save_every == "epoch" or finished):
+            save_checkpoint()
+        if stop or state.step >= total_steps:
+            break
+    bar.close()
+    runtime = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+
+    final = accelerator.unwrap_model(model)
+    validation = last_eval
+    if eval_dl is not None and state.best_step is not None and state.best_step != state.step:
+        log.info("loading the best model: step %d, %s %.4f", state.best_step, metric_for_best, state.best_metric)
+        final = type(final).from_pretrained(str(best_dir))
+        final.to(accelerator.device)
+        validation = _best_eval(metrics_log, state.best_step)
+    accelerator.free_memory()
+    return FitResult(final, state, validation, runtime, metric_for_best if eval_dl is not None else None)
+
+
+def _best_eval(metrics_log: Path, step: int) -> dict:
+    best = {}
+    for line in metrics_log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "eval" and rec.get("step") == step:
+            best = {k.removeprefix("eval_"): v for k, v in rec.items() if k.startswith("eval_")}
+    return best

@@ -1,0 +1,68 @@
+"""The task protocol and registry: a recipe's ``task:`` names one entry here.
+
+A task is one module that registers one ``Task``. It owns what is specific to a head (which Auto class,
+how raw rows become model inputs, how to score and predict) and nothing else: no loop, no optimizer,
+no checkpoint. Task modules import torch / transformers inside their functions, so listing and
+validating task names stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    auto_model: str  # transformers class name, e.g. "AutoModelForSequenceClassification"
+    peft_task_type: str  # peft.TaskType name, for the PEFT section
+    pipeline_tag: str  # transformers.pipeline task for the run directory
+    # (raw DatasetDict, recipe) -> config kwargs for the head (num_labels, id2label, ...)
+    configure: Callable[..., dict[str, Any]]
+    # (raw DatasetDict, recipe) -> iterator of strings to train a tokenizer on
+    training_text: Callable[..., Any]
+    # (raw split Dataset, split name, tokenizer, model config, recipe) -> model-ready Dataset
+    prepare: Callable[..., Any]
+    # (tokenizer, recipe) -> collate_fn
+    collator: Callable[..., Any]
+    # (model, dataloader, accelerator, recipe) -> {"loss": ..., metric: ...}
+    evaluate: Callable[..., dict[str, float]]
+    # (model config) -> name of the metric that picks the best checkpoint by default
+    primary_metric: Callable[..., str]
+    # (model, tokenizer, rows: list[dict], recipe, batch_size) -> list[dict] of predictions
+    predict: Callable[..., list[dict[str, Any]]]
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} registered twice")
+    TASKS[task.name] = task
+    return task
+
+
+def _load_builtin() -> None:
+    from hfpipe.tasks import classification  # noqa: F401  (registers itself)
+
+
+def task_names() -> list[str]:
+    _load_builtin()
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> Task:
+    _load_builtin()
+    try:
+        return TASKS[name]
+    except KeyError:
+        from hfpipe.errors import RecipeError, did_you_mean
+
+        raise RecipeError(
+            f"unknown task {name!r}{did_you_mean(name, TASKS)} (known: {', '.join(sorted(TASKS))})",
+            key="task",
+        ) from None

@@ -1,0 +1,89 @@
+"""Tokenizers: load a pretrained one, or train one on the training text with the `tokenizers` library.
+
+A trained tokenizer is wrapped in the architecture's own transformers class (BertTokenizerFast for
+BERT: a generic PreTrainedTokenizerFast silently drops token_type_ids), so the run directory reloads
+with plain ``AutoTokenizer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+from hfpipe.errors import RecipeError
+
+log = logging.getLogger("hfpipe")
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}",
+                          key="tokenizer.name_or_path") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        if text:
+            batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def train_tokenizer(texts: Iterable[str], spec, architecture: str, model_max_length: int):
+    """Train ``spec.algorithm`` on `texts`; returns a transformers fast tokenizer for `architecture`."""
+    from hfpipe.architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES[architecture]
+    if spec.algorithm == "wordpiece":
+        return _train_wordpiece(texts, spec, arch, model_max_length)
+    raise RecipeError(f"tokenizer algorithm {spec.algorithm!r} is not supported for {architecture}",
+                      key="tokenizer.train.algorithm")
+
+
+def _train_wordpiece(texts, spec, arch, model_max_length: int):
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = list(arch.special_tokens.values())
+    tok = Tokenizer(models.WordPiece(unk_token=arch.special_tokens["unk_token"], max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=spec.lowercase, lowercase=spec.lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=specials,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    cls, sep = arch.special_tokens["cls_token"], arch.special_tokens["sep_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    wrapper = getattr(transformers, arch.tokenizer_class)
+    hf_tok = wrapper(
+        tokenizer_object=tok,
+        do_lower_case=spec.lowercase,
+        model_max_length=model_max_length,
+        **arch.special_tokens,
+    )
+    log.info("trained a %s tokenizer: %d tokens (asked for %d)", spec.algorithm, len(hf_tok), spec.vocab_size)
+    return hf_tok
