@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -236,8 +237,12 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
 
     # -- the loop ------------------------------------------------------------------------------------
     model.train()
-    bar = tqdm(total=total_steps, desc="train", disable=not accelerator.is_local_main_process,
+    # A live bar on a terminal; in a log file (CI) a plain line about every 10% instead.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=total_steps, desc="train", disable=not (accelerator.is_local_main_process and interactive),
                dynamic_ncols=True, leave=False)
+    plain_every = max(spec.log_every, total_steps // 10)
+    last_plain = 0
     started = time.perf_counter()
     window_start, window_examples, window_tokens = started, 0, 0
     loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
@@ -277,6 +282,10 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
                     raise TrainingError(f"loss is {mean_loss} at step {state.step}; lower train.lr or check the "
                                         "data (the last checkpoint is intact)")
                 record("train", values)
+                if not interactive and (state.step - last_plain >= plain_every or state.step == total_steps):
+                    last_plain = state.step
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", state.step, total_steps,
+                             mean_loss, values["lr"], values["tokens_per_s"])
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{values['lr']:.2e}",
                                 tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
                 state.examples_seen += window_examples
