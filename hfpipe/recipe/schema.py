@@ -7,7 +7,7 @@ schedulers) are checked against registries, never imported: a recipe is data.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -121,15 +121,15 @@ class Builtin(Section):
         return name
 
 
-Files = Annotated[str | list[str], Field(json_schema_extra=PATH)]
+Files = str | list[str]
 
 
 class Data(Section):
     """Where the examples come from: local files, a Hub dataset, or a built-in generator."""
 
-    train: Files | None = Field(None, description="Training file(s): csv, tsv, json, jsonl or parquet.")
-    validation: Files | None = Field(None, description="Validation file(s), same formats.")
-    test: Files | None = Field(None, description="Test file(s), scored once at the end with the best model.")
+    train: Files | None = Field(None, description="Training file(s): csv, tsv, json, jsonl or parquet.", json_schema_extra=PATH)
+    validation: Files | None = Field(None, description="Validation file(s), same formats.", json_schema_extra=PATH)
+    test: Files | None = Field(None, description="Test file(s), scored once at the end with the best model.", json_schema_extra=PATH)
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
         "auto", description="File format; auto picks it from the file extension."
     )

@@ -1,0 +1,67 @@
+"""Shared fixtures: offline environment, tiny recipes, one tiny trained run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+
+# Shrinks a bundled BERT recipe to a model that trains in seconds (2 layers, hidden 32).
+TINY = [
+    "model.config.hidden_size=32",
+    "model.config.num_hidden_layers=2",
+    "model.config.num_attention_heads=2",
+    "model.config.intermediate_size=64",
+    "tokenizer.train.vocab_size=400",
+    "data.builtin.train_size=512",
+    "data.builtin.validation_size=128",
+    "data.builtin.test_size=128",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.lr=2e-3",
+    "train.log_every=4",
+]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _datasets_cache(tmp_path_factory):
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+
+
+@pytest.fixture
+def cli():
+    from hfpipe.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The quickstart recipe, shrunk, trained once for the whole session."""
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    recipe = load_recipe(RECIPES / "quickstart.yaml", [*TINY, f"output_dir={out}", "train.save_every=8"])
+    return train(recipe, command="pytest tiny_run")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
