@@ -53,24 +53,56 @@ def train_tokenizer(texts: Iterable[str], spec, architecture: str, model_max_len
                       key="tokenizer.train.algorithm")
 
 
+# Word-internal characters are moved to a private-use plane while training, so that a plain
+# byte-pair trainer learns word-initial pieces and continuation ("##") pieces apart. Why not
+# tokenizers' own WordPieceTrainer: with a continuing_subword_prefix its BPE trainer is not
+# deterministic (the same text gives a different vocabulary from one call to the next, measured with
+# tokenizers 0.23.3), and a recipe with a seed must give the same model twice.
+_CONTINUATION = 0xF0000
+_MAX_CHAR = 0x10FFFD - _CONTINUATION
+
+
+def _mark_word(word: str) -> str:
+    return word[0] + "".join(chr(_CONTINUATION + ord(c)) for c in word[1:] if ord(c) <= _MAX_CHAR)
+
+
+def _unmark_token(token: str) -> str:
+    plain = "".join(chr(ord(c) - _CONTINUATION) if ord(c) >= _CONTINUATION else c for c in token)
+    return "##" + plain if ord(token[0]) >= _CONTINUATION else plain
+
+
 def _train_wordpiece(texts, spec, arch, model_max_length: int):
     import transformers
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     specials = list(arch.special_tokens.values())
-    tok = Tokenizer(models.WordPiece(unk_token=arch.special_tokens["unk_token"], max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=spec.lowercase, lowercase=spec.lowercase
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=spec.vocab_size,
-        min_frequency=spec.min_frequency,
-        special_tokens=specials,
-        continuing_subword_prefix="##",
-        show_progress=False,
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+
+    def marked():
+        for text in texts:
+            words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+            yield " ".join(_mark_word(w) for w, _ in words if w)
+
+    bpe = Tokenizer(models.BPE(unk_token=arch.special_tokens["unk_token"]))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=specials, show_progress=False
     )
-    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    bpe.train_from_iterator(_batches(marked()), trainer=trainer)
+    vocab: dict[str, int] = {}
+    for token, _ in sorted(bpe.get_vocab().items(), key=lambda item: item[1]):
+        vocab.setdefault(token if token in specials else _unmark_token(token), len(vocab))
+    # Every character gets both forms, so a known character never becomes [UNK] by position.
+    for token in [t for t in vocab if t not in specials and len(t.removeprefix("##")) == 1]:
+        vocab.setdefault(token[2:] if token.startswith("##") else "##" + token, len(vocab))
+
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=arch.special_tokens["unk_token"],
+                                     max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls, sep = arch.special_tokens["cls_token"], arch.special_tokens["sep_token"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}",

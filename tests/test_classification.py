@@ -26,16 +26,45 @@ def test_run_directory_is_a_hugging_face_model_directory(tiny_run):
     assert "pytest tiny_run" in card and "| test | accuracy |" in card
 
 
-def test_training_learns(tiny_run):
-    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+def _simple_sentiment_csv(path, n, seed):
+    rng = random.Random(seed)
+    good, bad = "great superb lovely brilliant moving".split(), "awful dull boring clumsy bland".split()
+    rows = ["text,label"]
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        rows.append(f"the {rng.choice(['film', 'plot', 'cast', 'score'])} was "
+                    f"{rng.choice(good if positive else bad)},{'pos' if positive else 'neg'}")
+    return write(path, "\n".join(rows) + "\n")
+
+
+def test_training_learns(tmp_path):
+    train_file = _simple_sentiment_csv(tmp_path / "train.csv", 512, 0)
+    val_file = _simple_sentiment_csv(tmp_path / "val.csv", 128, 1)
+    recipe = load_recipe(RECIPES / "quickstart.yaml", [
+        *TINY, "~data.builtin", f"data.train={train_file}", f"data.validation={val_file}", "train.epochs=4",
+        f"output_dir={tmp_path / 'run'}"])
+    run = train(recipe)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
-    assert len(losses) >= 4
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < first * 0.95, losses
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["validation"]["accuracy"] > 0.6  # chance is 0.5 (tiny model, 192 steps)
-    assert set(metrics["test"]) == {"loss", "accuracy", "f1", "mcc"}
+    assert last < first * 0.5, losses
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["accuracy"] > 0.9, metrics
     assert all(r["tokens_per_s"] > 0 for r in records if r["type"] == "train")
+
+
+@pytest.mark.slow
+def test_quickstart_recipe_as_shipped_reaches_its_target(tmp_path):
+    """The demo's promise (held-out accuracy >= 0.90), checked on the unmodified recipe."""
+    run = train(load_recipe(RECIPES / "quickstart.yaml", [f"output_dir={tmp_path / 'quickstart'}"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.90, metrics
+
+
+def test_tiny_run_records(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"loss", "accuracy", "f1", "mcc"}
+    assert metrics["train"]["steps"] == 192 and metrics["best_step"] in (64, 128, 192)
 
 
 def test_predict_matches_transformers_pipeline(tiny_run):

@@ -16,12 +16,12 @@ log = logging.getLogger("hfpipe")
 # Labels: decided once from the training split, saved in the model config (id2label / label2id)
 
 
-def _label_kind(raw, recipe) -> str:
-    """'regression', 'class-names' (ClassLabel or strings) or 'ids' (ints)."""
+def _label_kind(raw, recipe, split: str = "train") -> str:
+    """'regression', 'class-names' (ClassLabel or strings) or 'ids' (ints) for the labels of `split`."""
     import datasets
 
     column = recipe.data.columns.label
-    feature = raw.splits["train"].features[column]
+    feature = raw.splits[split].features[column]
     if isinstance(feature, datasets.ClassLabel):
         return "class-names"
     dtype = getattr(feature, "dtype", "")
@@ -40,7 +40,7 @@ def _label_kind(raw, recipe) -> str:
     # A column pandas could not type (e.g. ints and words mixed in a csv) lands here as strings;
     # anything else is a mixed or nested column.
     raise DataError(f"column {column!r} has type {dtype or feature}; labels must be class names, "
-                    "int ids or floats (all of one type)", **raw.where("train"))
+                    "int ids or floats (all of one type)", **raw.where(split))
 
 
 def configure(raw, recipe) -> dict:
@@ -144,7 +144,9 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     ds = raw.splits[split]
     max_length = recipe.data.max_length
     has_labels = cols.label in ds.column_names
-    kind = _label_kind(raw, recipe)
+    kind = _label_kind(raw, recipe, split) if has_labels else None
+    if kind == "regression" and config.problem_type != "regression":
+        kind = "ids"  # float-typed ids (e.g. 0.0 / 1.0) for a classifier
     truncated = 0
 
     def where(batch, i):

@@ -1,0 +1,121 @@
+"""The shared loop: batching, determinism, accumulation, best model, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import RECIPES, TINY
+
+from hfpipe.api import train
+from hfpipe.errors import TrainingError
+from hfpipe.recipe import load_recipe
+from hfpipe.runner import BatchSampler, eval_batches
+
+
+def _run(tmp_path, *overrides, name="run"):
+    recipe = load_recipe(RECIPES / "quickstart.yaml", [
+        *TINY, "data.builtin.train_size=256", "data.builtin.validation_size=64", "data.builtin.test_size=0",
+        *overrides, f"output_dir={tmp_path / name}"])
+    run = train(recipe)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return run, json.loads((run / "metrics.json").read_text()), records
+
+
+def test_sampler_covers_every_example_once_per_epoch_and_is_deterministic():
+    lengths = [(i * 37) % 50 + 1 for i in range(1000)]
+    sampler = BatchSampler(lengths, 16, seed=3, group_by_length=True)
+    first = sampler.batches()
+    assert sorted(i for b in first for i in b) == list(range(1000))
+    assert len(first) == len(sampler) == 63
+    assert BatchSampler(lengths, 16, seed=3, group_by_length=True).batches() == first
+    sampler.set_epoch(1)
+    assert sampler.batches() != first
+
+
+def test_length_grouping_cuts_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 120) for _ in range(4000)]
+
+    def padding(batches):
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        return 1 - sum(lengths) / padded
+
+    grouped = padding(BatchSampler(lengths, 32, 0, True).batches())
+    shuffled = padding(BatchSampler(lengths, 32, 0, False).batches())
+    assert grouped < 0.05 < 0.3 < shuffled
+    assert padding(eval_batches(lengths, 64)) < 0.02
+
+
+def test_same_seed_same_metrics(tmp_path):
+    _, a, _ = _run(tmp_path, "train.max_steps=12", name="a")
+    _, b, _ = _run(tmp_path, "train.max_steps=12", name="b")
+    assert a["validation"] == b["validation"]
+    _, c, _ = _run(tmp_path, "train.max_steps=12", "train.seed=7", name="c")
+    assert c["validation"] != a["validation"]
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    _, metrics, records = _run(tmp_path, "train.batch_size=8", "train.gradient_accumulation_steps=4",
+                               "train.epochs=1", "train.log_every=1", "train.scheduler=linear")
+    assert metrics["train"]["steps"] == 8  # 256 examples / (8 x 4)
+    lrs = [r["lr"] for r in records if r["type"] == "train"]
+    assert len(lrs) == 8 and lrs[-1] == 0.0  # linear decay reaches 0 exactly at the last step
+
+
+def test_constant_schedule_with_warmup(tmp_path):
+    _, _, records = _run(tmp_path, "train.max_steps=8", "train.scheduler=constant", "train.warmup_steps=4",
+                         "train.log_every=1", "train.lr=1e-3")
+    lrs = [r["lr"] for r in records if r["type"] == "train"]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and lrs[4:] == pytest.approx([1e-3] * 4)
+
+
+def test_eval_every_n_steps_and_early_stopping(tmp_path):
+    _, metrics, records = _run(tmp_path, "train.max_steps=40", "train.eval_every=2", "train.lr=1e-9",
+                               "train.metric_for_best=loss", "train.early_stopping_patience=2",
+                               "train.early_stopping_threshold=1.0")
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 6]  # best at 2, then two evaluations without improvement
+    assert metrics["train"]["steps"] == 6 and metrics["best_step"] == 2
+    assert metrics["metric_for_best"] == "loss"
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    run, _, _ = _run(tmp_path, "train.max_steps=10", "train.save_every=3", "train.save_total_limit=2")
+    steps = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert steps == ["step-0000009", "step-0000010"]  # every 3 steps, plus the final one; newest 2 kept
+    for name in steps:
+        state = json.loads((run / "checkpoints" / name / "trainer_state.json").read_text())
+        assert state["step"] == int(name.split("-")[1])
+        assert (run / "checkpoints" / name / "model.safetensors").exists()
+        assert (run / "checkpoints" / name / "optimizer.bin").exists()
+    assert not list(run.rglob(".tmp-*")) and not list(run.rglob(".old-*"))
+
+
+def test_unknown_metric_for_best(tmp_path):
+    with pytest.raises(TrainingError, match="metric 'bleu' is not computed"):
+        _run(tmp_path, "train.max_steps=2", "train.metric_for_best=bleu")
+
+
+def test_no_validation_keeps_the_last_model(tmp_path):
+    _, metrics, records = _run(tmp_path, "train.max_steps=4", "data.builtin.validation_size=0")
+    assert metrics["best_step"] is None and not [r for r in records if r["type"] == "eval"]
+
+
+def test_tokenizer_training_is_deterministic_and_wordpiece():
+    from hfpipe.builtin_data import sentiment
+    from hfpipe.recipe.schema import TokenizerTraining
+    from hfpipe.tokenization import train_tokenizer
+
+    texts = [r["text"] for r in sentiment(300, 0, 0, 0)["train"]]
+    spec = TokenizerTraining(algorithm="wordpiece", vocab_size=300)
+    first = train_tokenizer(iter(texts), spec, "bert", 64)
+    assert all(train_tokenizer(iter(texts), spec, "bert", 64).get_vocab() == first.get_vocab() for _ in range(3))
+    assert first.convert_ids_to_tokens(list(range(5))) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    enc = first("The film was dull.", "Zebra!")
+    tokens = first.convert_ids_to_tokens(enc["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and "[UNK]" not in tokens
+    assert any(t.startswith("##") for t in tokens)  # continuation pieces exist
+    assert first.decode(enc["input_ids"], skip_special_tokens=True) == "the film was dull. zebra!"
