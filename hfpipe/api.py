@@ -45,12 +45,18 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
     head_kwargs = task.configure(raw, recipe)
     if recipe.tokenizer.train is not None:
         max_positions = recipe.model.config.get("max_position_embeddings", 512)
-        tokenizer = train_tokenizer(task.training_text(raw, recipe), recipe.tokenizer.train,
-                                    recipe.model.architecture, model_max_length=max_positions)
+        tokenizer = train_tokenizer(
+            task.training_text(raw, recipe),
+            recipe.tokenizer.train,
+            recipe.model.architecture,
+            model_max_length=max_positions,
+        )
     else:
-        tokenizer = load_tokenizer(recipe.tokenizer.name_or_path or recipe.model.name_or_path,
-                                   revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
-                                   trust_remote_code=recipe.model.trust_remote_code)
+        tokenizer = load_tokenizer(
+            recipe.tokenizer.name_or_path or recipe.model.name_or_path,
+            revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
     model = build_model(recipe, task, tokenizer, head_kwargs)
     splits = {name: task.prepare(raw, name, tokenizer, model.config, recipe) for name in raw.splits}
 
@@ -60,9 +66,12 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
 
     metrics: dict = {
         "task": task.name,
-        "train": {"steps": result.state.step, "epochs": round(result.state.epoch_float, 4),
-                  "runtime_s": round(result.train_runtime, 2),
-                  "examples": len(splits["train"])},
+        "train": {
+            "steps": result.state.step,
+            "epochs": round(result.state.epoch_float, 4),
+            "runtime_s": round(result.train_runtime, 2),
+            "examples": len(splits["train"]),
+        },
         "metric_for_best": result.metric_for_best,
         "best_step": result.state.best_step,
         "validation": result.validation,
@@ -72,8 +81,9 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
         metrics["test"] = score(result.model, tokenizer, test, task, recipe)
     io.export_model(result.model, tokenizer, run_dir)
     io.write_json(run_dir / io.METRICS, metrics)
-    io.atomic_write_text(run_dir / io.CARD, io.model_card(recipe, task, metrics, command,
-                                                          result.model.num_parameters()))
+    io.atomic_write_text(
+        run_dir / io.CARD, io.model_card(recipe, task, metrics, command, result.model.num_parameters())
+    )
     return run_dir
 
 
@@ -87,8 +97,9 @@ def score(model, tokenizer, dataset, task, recipe) -> dict:
     accelerator = Accelerator()
     dataset, lengths = split_lengths(dataset)
     batch_size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
-    dl = DataLoader(dataset, batch_sampler=eval_batches(lengths, batch_size),
-                    collate_fn=task.collator(tokenizer, recipe))
+    dl = DataLoader(
+        dataset, batch_sampler=eval_batches(lengths, batch_size), collate_fn=task.collator(tokenizer, recipe)
+    )
     model, dl = accelerator.prepare(model, dl)
     return task.evaluate(model, dl, accelerator, recipe)
 
@@ -109,7 +120,9 @@ def open_run(run_dir: str | Path):
     if not (run_dir / io.RECIPE).exists():
         raise RunError(f"no {io.RECIPE}: not an hfpipe run directory", file=str(run_dir))
     if not (run_dir / "config.json").exists():
-        raise RunError("no config.json: the run did not finish (train it again, or resume it)", file=str(run_dir))
+        raise RunError(
+            "no config.json: the run did not finish (train it again, or resume it)", file=str(run_dir)
+        )
     data, lines = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
     recipe = validate_dict(data, {k: (str(run_dir / io.RECIPE), v) for k, v in lines.items()})
     _quiet_libraries()
@@ -133,8 +146,11 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str =
     else:
         raw = load_raw(recipe)
         if split not in raw.splits:
-            raise DataError(f"the recipe has no {split} split (it has: {', '.join(raw.splits)}); "
-                            "pass --data FILE or --split", file=str(Path(run_dir) / io.RECIPE))
+            raise DataError(
+                f"the recipe has no {split} split (it has: {', '.join(raw.splits)}); "
+                "pass --data FILE or --split",
+                file=str(Path(run_dir) / io.RECIPE),
+            )
     if recipe.data.columns.label not in raw.splits[split].column_names:
         raise DataError(f"no label column {recipe.data.columns.label!r} to score against", **raw.where(split))
     # Labels are read against the run's own label set, not re-inferred from this file.
@@ -155,20 +171,31 @@ def read_inputs(path: str | Path, recipe) -> list[dict]:
         except UnicodeDecodeError as e:
             raise DataError(f"not UTF-8 text (byte offset {e.start})", file=str(path)) from None
         if recipe.data.columns.text_pair:
-            raise DataError("this model takes text pairs: give a csv / jsonl file with columns "
-                            f"{recipe.data.columns.text!r} and {recipe.data.columns.text_pair!r}", file=str(path))
+            raise DataError(
+                "this model takes text pairs: give a csv / jsonl file with columns "
+                f"{recipe.data.columns.text!r} and {recipe.data.columns.text_pair!r}",
+                file=str(path),
+            )
         return [{recipe.data.columns.text: line} for line in lines if line.strip()]
     ds = load_files([str(path.resolve())], "auto", [], [])
-    needed = [recipe.data.columns.text] + ([recipe.data.columns.text_pair] if recipe.data.columns.text_pair else [])
+    needed = [recipe.data.columns.text] + (
+        [recipe.data.columns.text_pair] if recipe.data.columns.text_pair else []
+    )
     for column in needed:
         if column not in ds.column_names:
-            raise DataError(f"column {column!r} not found (columns: {', '.join(ds.column_names[:-2])})",
-                            file=str(path))
+            raise DataError(
+                f"column {column!r} not found (columns: {', '.join(ds.column_names[:-2])})", file=str(path)
+            )
     return [dict(zip(needed, values, strict=True)) for values in zip(*(ds[c] for c in needed), strict=True)]
 
 
-def predict_run(run_dir: str | Path, texts: list[str] | None = None, text_pairs: list[str] | None = None,
-                file: str | Path | None = None, batch_size: int = 64) -> tuple[list[dict], list[dict]]:
+def predict_run(
+    run_dir: str | Path,
+    texts: list[str] | None = None,
+    text_pairs: list[str] | None = None,
+    file: str | Path | None = None,
+    batch_size: int = 64,
+) -> tuple[list[dict], list[dict]]:
     """(input rows, predictions) for `texts` [+ `text_pairs`] or the rows of `file`."""
     recipe, task, model, tokenizer = open_run(run_dir)
     cols = recipe.data.columns
@@ -177,8 +204,10 @@ def predict_run(run_dir: str | Path, texts: list[str] | None = None, text_pairs:
     else:
         texts = list(texts or [])
         if cols.text_pair and len(text_pairs or []) != len(texts):
-            raise DataError(f"this model takes text pairs: give one --text-pair per --text "
-                            f"({len(texts)} texts, {len(text_pairs or [])} pairs)")
+            raise DataError(
+                f"this model takes text pairs: give one --text-pair per --text "
+                f"({len(texts)} texts, {len(text_pairs or [])} pairs)"
+            )
         if not cols.text_pair and text_pairs:
             raise DataError("this model takes single texts, not pairs: drop --text-pair")
         rows = [{cols.text: t} for t in texts]

@@ -31,10 +31,33 @@ _SUBJECTS = (
     "the score|the editing|the premise|the sequel|the documentary|the screenplay|the costumes|the villain"
 ).split("|")
 _NOUNS = "film movie story experience picture comedy drama thriller debut sequel documentary".split()
-_INTENSIFIERS = ("", "", "very ", "truly ", "remarkably ", "rather ", "quite ", "surprisingly ", "utterly ",
-                 "somewhat ", "deeply ", "really ")
-_OPENERS = ("", "", "", "honestly, ", "overall, ", "to be fair, ", "in the end, ", "frankly, ", "i think ",
-            "my friends agreed that ", "as expected, ")
+_INTENSIFIERS = (
+    "",
+    "",
+    "very ",
+    "truly ",
+    "remarkably ",
+    "rather ",
+    "quite ",
+    "surprisingly ",
+    "utterly ",
+    "somewhat ",
+    "deeply ",
+    "really ",
+)
+_OPENERS = (
+    "",
+    "",
+    "",
+    "honestly, ",
+    "overall, ",
+    "to be fair, ",
+    "in the end, ",
+    "frankly, ",
+    "i think ",
+    "my friends agreed that ",
+    "as expected, ",
+)
 _VERBS = ("was", "is", "felt", "seemed", "turned out to be")
 # After "not", only intensifiers that keep the flip unambiguous ("not surprisingly bland" is not one).
 _NOT_INTENSIFIERS = ("", "", "very ", "really ", "particularly ", "that ", "exactly ")

@@ -22,8 +22,14 @@ log = logging.getLogger("hfpipe")
 ROW = "_hfpipe_row"  # 0-based row of the example in its file
 FILE = "_hfpipe_file"  # index into RawData.files
 SPLITS = ("train", "validation", "test")
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
-           ".txt": "text"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
 
 
 @dataclass
@@ -70,8 +76,11 @@ def file_format(path: str, declared: str = "auto") -> str:
     suffix = Path(path).suffix.lower()
     if suffix in FORMATS:
         return FORMATS[suffix]
-    raise DataError(f"cannot tell the format from the extension {suffix!r}; set data.format "
-                    f"(one of csv, tsv, json, jsonl, parquet)", file=_shown(path))
+    raise DataError(
+        f"cannot tell the format from the extension {suffix!r}; set data.format "
+        f"(one of csv, tsv, json, jsonl, parquet)",
+        file=_shown(path),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -91,8 +100,10 @@ def _load_file(path: str, fmt: str, file_index: int):
     builder, kwargs = {
         "csv": ("csv", {"delimiter": ",", "keep_default_na": False, "na_filter": False}),
         # GLUE-style tsv files are not quoted: a " inside a sentence is just a character.
-        "tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False,
-                        "na_filter": False}),
+        "tsv": (
+            "csv",
+            {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False, "na_filter": False},
+        ),
         "json": ("json", {}),
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
@@ -116,8 +127,9 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        return DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8",
-                         file=shown, line=line)
+        return DataError(
+            f"not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8", file=shown, line=line
+        )
     if fmt == "jsonl" or (fmt == "json" and not text.lstrip().startswith(("[", "{\n", "{\r"))):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -127,8 +139,9 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
             except json.JSONDecodeError as e:
                 return DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=shown, line=number)
             if not isinstance(value, dict):
-                return DataError(f"expected a JSON object per line, got {type(value).__name__}",
-                                 file=shown, line=number)
+                return DataError(
+                    f"expected a JSON object per line, got {type(value).__name__}", file=shown, line=number
+                )
     if fmt == "json":
         try:
             json.loads(text)
@@ -141,8 +154,11 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
         header = next(reader, None) or []
         for number, row in enumerate(reader, start=2):
             if row and len(row) != len(header):
-                return DataError(f"expected {len(header)} fields (as in the header), found {len(row)}",
-                                 file=shown, line=number)
+                return DataError(
+                    f"expected {len(header)} fields (as in the header), found {len(row)}",
+                    file=shown,
+                    line=number,
+                )
     cause = str(exc).strip().splitlines()
     detail = cause[-1] if cause else type(exc).__name__
     return DataError(f"cannot read as {fmt}: {detail[:300]}", file=shown)
@@ -162,8 +178,9 @@ def _load_files(paths: list[str], declared: str, files: list[str], formats: list
     try:
         return datasets.concatenate_datasets(parts)
     except ValueError as exc:
-        raise DataError(f"files of one split have different columns: {exc}",
-                        file=", ".join(_shown(p) for p in paths)) from None
+        raise DataError(
+            f"files of one split have different columns: {exc}", file=", ".join(_shown(p) for p in paths)
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,11 +219,16 @@ def load_raw(recipe) -> RawData:
         raw = RawData(splits, files, formats)
 
     if "validation" not in raw.splits and data.validation_fraction:
-        parts = raw.splits["train"].train_test_split(test_size=data.validation_fraction,
-                                                     seed=recipe.train.seed, shuffle=True)
+        parts = raw.splits["train"].train_test_split(
+            test_size=data.validation_fraction, seed=recipe.train.seed, shuffle=True
+        )
         raw.splits["train"], raw.splits["validation"] = parts["train"], parts["test"]
-        log.info("held out %d of %d training rows as validation (data.validation_fraction=%s)",
-                 len(parts["test"]), len(parts["train"]) + len(parts["test"]), data.validation_fraction)
+        log.info(
+            "held out %d of %d training rows as validation (data.validation_fraction=%s)",
+            len(parts["test"]),
+            len(parts["train"]) + len(parts["test"]),
+            data.validation_fraction,
+        )
     if data.max_train_samples:
         train = raw.splits["train"]
         raw.splits["train"] = train.select(range(min(data.max_train_samples, len(train))))
@@ -225,9 +247,12 @@ def _load_hub(data) -> dict:
         loaded = datasets.load_dataset(data.dataset, data.dataset_config, revision=data.revision)
     except Exception as exc:  # offline, unknown name, gated, ...
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        hint = " (HF_HUB_OFFLINE is set: only cached datasets load)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise DataError(f"cannot load Hub dataset {data.dataset!r}: {detail}{hint}",
-                        file=f"hub:{data.dataset}") from None
+        hint = (
+            " (HF_HUB_OFFLINE is set: only cached datasets load)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        )
+        raise DataError(
+            f"cannot load Hub dataset {data.dataset!r}: {detail}{hint}", file=f"hub:{data.dataset}"
+        ) from None
     splits = {}
     for split in SPLITS:
         name = data.splits.get(split, split)
@@ -235,11 +260,14 @@ def _load_hub(data) -> dict:
             ds = loaded[name]
             splits[split] = ds.add_column(ROW, list(range(len(ds))))
         elif split in data.splits:
-            raise DataError(f"split {name!r} not found (available: {', '.join(loaded)})",
-                            file=f"hub:{data.dataset}")
+            raise DataError(
+                f"split {name!r} not found (available: {', '.join(loaded)})", file=f"hub:{data.dataset}"
+            )
     if "train" not in splits:
-        raise DataError(f"no train split (available: {', '.join(loaded)}); map one with data.splits",
-                        file=f"hub:{data.dataset}")
+        raise DataError(
+            f"no train split (available: {', '.join(loaded)}); map one with data.splits",
+            file=f"hub:{data.dataset}",
+        )
     return splits
 
 

@@ -44,8 +44,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
     if root is not None:
         forbidden.add(root)
     if out in forbidden:
-        raise TrainingError(f"refusing to use {out} as output_dir (it is / , the home directory or the "
-                            "repository root); pick a subdirectory", key="output_dir")
+        raise TrainingError(
+            f"refusing to use {out} as output_dir (it is / , the home directory or the "
+            "repository root); pick a subdirectory",
+            key="output_dir",
+        )
     if out.exists() and not out.is_dir():
         raise TrainingError(f"{out} exists and is not a directory", key="output_dir")
     if out.is_dir() and any(out.iterdir()):
@@ -55,8 +58,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
                 key="output_dir",
             )
         if not (out / RECIPE).exists() and not (out / CHECKPOINTS).exists():
-            raise TrainingError(f"{out} is not an hfpipe run directory (no {RECIPE}); refusing to delete "
-                                "what is in it, even with --overwrite", key="output_dir")
+            raise TrainingError(
+                f"{out} is not an hfpipe run directory (no {RECIPE}); refusing to delete "
+                "what is in it, even with --overwrite",
+                key="output_dir",
+            )
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +170,9 @@ def model_card(recipe, task, metrics: dict, command: str, num_parameters: int) -
     if data.builtin:
         source = f"hfpipe built-in dataset `{data.builtin.name}` (seed {data.builtin.seed})"
     elif data.dataset:
-        source = f"Hub dataset `{data.dataset}`" + (f" / `{data.dataset_config}`" if data.dataset_config else "")
+        source = f"Hub dataset `{data.dataset}`" + (
+            f" / `{data.dataset_config}`" if data.dataset_config else ""
+        )
     else:
         files = [data.train] if isinstance(data.train, str) else list(data.train or [])
         source = ", ".join(f"`{Path(f).name}`" for f in files)

@@ -45,8 +45,11 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
         arch = ARCHITECTURES[spec.architecture]
         config_class = transformers.CONFIG_MAPPING[arch.model_type]
         _check_config_keys(config_class, spec.config, "model.config")
-        special = {k: tokenizer.convert_tokens_to_ids(v) for k, v in arch.special_tokens.items()
-                   if k in ("pad_token", "bos_token", "eos_token")}
+        special = {
+            k: tokenizer.convert_tokens_to_ids(v)
+            for k, v in arch.special_tokens.items()
+            if k in ("pad_token", "bos_token", "eos_token")
+        }
         config = config_class(
             **spec.config,
             vocab_size=len(tokenizer),
@@ -62,8 +65,9 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}",
-                          key="model.name_or_path") from None
+        raise RecipeError(
+            f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
+        ) from None
     _check_config_keys(type(config), spec.config, "model.config")
     for key, value in {**spec.config, **head_kwargs}.items():
         setattr(config, key, value)
@@ -77,8 +81,9 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             use_safetensors=None,
         )
     except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}",
-                          key="model.name_or_path") from None
+        raise RecipeError(
+            f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
+        ) from None
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     log.info("loaded %s: %s parameters", spec.name_or_path, f"{model.num_parameters():,}")

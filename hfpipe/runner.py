@@ -47,12 +47,12 @@ class BatchSampler:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         if not self.group_by_length:
-            return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         mega = self.batch_size * 50
         batches = []
         for start in range(0, len(order), mega):
-            chunk = sorted(order[start: start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         shuffle = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in shuffle]
 
@@ -66,7 +66,7 @@ class BatchSampler:
 def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches in length order: least padding, and order does not matter for metrics."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def split_lengths(dataset):
@@ -136,8 +136,9 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
 
     spec = recipe.train
     if spec.precision == "fp16" and not torch.cuda.is_available():
-        raise TrainingError("precision fp16 needs a CUDA GPU; use fp32 (or bf16) on this machine",
-                            key="train.precision")
+        raise TrainingError(
+            "precision fp16 needs a CUDA GPU; use fp32 (or bf16) on this machine", key="train.precision"
+        )
     accelerator = Accelerator(
         mixed_precision={"fp32": "no"}.get(spec.precision, spec.precision),
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
@@ -151,16 +152,26 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
     eval_dl = None
     if eval_ds is not None and len(eval_ds) > 0 and spec.eval_every != "never":
         eval_ds, eval_lengths = split_lengths(eval_ds)
-        eval_dl = DataLoader(eval_ds, batch_sampler=eval_batches(eval_lengths, spec.eval_batch_size or 2 * spec.batch_size),
-                             collate_fn=collate, num_workers=spec.num_workers)
+        eval_dl = DataLoader(
+            eval_ds,
+            batch_sampler=eval_batches(eval_lengths, spec.eval_batch_size or 2 * spec.batch_size),
+            collate_fn=collate,
+            num_workers=spec.num_workers,
+        )
 
     steps_per_epoch = math.ceil(len(train_dl) / spec.gradient_accumulation_steps)
     total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = spec.warmup_steps if spec.warmup_steps is not None else math.ceil(spec.warmup_ratio * total_steps)
+    warmup = (
+        spec.warmup_steps if spec.warmup_steps is not None else math.ceil(spec.warmup_ratio * total_steps)
+    )
     optimizer = _optimizer(model, spec)
-    scheduler = get_scheduler(spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+    )
 
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     if eval_dl is not None:
@@ -171,11 +182,20 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
     if greater is None:
         greater = not any(word in metric_for_best for word in ("loss", "perplexity", "mse", "error"))
     if eval_dl is None:
-        log.info("no validation split: training for %d steps without evaluation; the last model is kept",
-                 total_steps)
-    log.info("training: %d examples, %d epochs, %d steps (batch %d x %d accumulation, %d process(es)), "
-             "warmup %d", len(train_ds), num_epochs, total_steps, spec.batch_size,
-             spec.gradient_accumulation_steps, accelerator.num_processes, warmup)
+        log.info(
+            "no validation split: training for %d steps without evaluation; the last model is kept",
+            total_steps,
+        )
+    log.info(
+        "training: %d examples, %d epochs, %d steps (batch %d x %d accumulation, %d process(es)), warmup %d",
+        len(train_ds),
+        num_epochs,
+        total_steps,
+        spec.batch_size,
+        spec.gradient_accumulation_steps,
+        accelerator.num_processes,
+        warmup,
+    )
 
     state = TrainState()
     metrics_log = run_dir / io.METRICS_LOG
@@ -186,8 +206,10 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
 
     def record(kind: str, values: dict) -> None:
         if accelerator.is_main_process:
-            io.append_jsonl(metrics_log, {"type": kind, "step": state.step, "epoch": round(state.epoch_float, 4),
-                                          **values})
+            io.append_jsonl(
+                metrics_log,
+                {"type": kind, "step": state.step, "epoch": round(state.epoch_float, 4), **values},
+            )
 
     def run_eval() -> dict:
         nonlocal stop
@@ -197,8 +219,11 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
         record("eval", {f"eval_{k}": v for k, v in metrics.items()})
         value = metrics.get(metric_for_best)
         if value is None:
-            raise TrainingError(f"metric {metric_for_best!r} is not computed by task {task.name} "
-                                f"(it computes: {', '.join(metrics)})", key="train.metric_for_best")
+            raise TrainingError(
+                f"metric {metric_for_best!r} is not computed by task {task.name} "
+                f"(it computes: {', '.join(metrics)})",
+                key="train.metric_for_best",
+            )
         if _improved(value, state.best_metric, greater, spec.early_stopping_threshold):
             state.best_metric, state.best_step = value, state.step
             state.evals_without_improvement = 0
@@ -207,10 +232,19 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
                 io.atomic_dir(best_dir, lambda tmp: unwrapped.save_pretrained(tmp, safe_serialization=True))
         else:
             state.evals_without_improvement += 1
-            if spec.early_stopping_patience and state.evals_without_improvement >= spec.early_stopping_patience:
-                log.info("early stopping at step %d: %s has not improved for %d evaluations (best %.4f at "
-                         "step %d)", state.step, metric_for_best, state.evals_without_improvement,
-                         state.best_metric, state.best_step)
+            if (
+                spec.early_stopping_patience
+                and state.evals_without_improvement >= spec.early_stopping_patience
+            ):
+                log.info(
+                    "early stopping at step %d: %s has not improved for %d evaluations (best %.4f at "
+                    "step %d)",
+                    state.step,
+                    metric_for_best,
+                    state.evals_without_improvement,
+                    state.best_metric,
+                    state.best_step,
+                )
                 stop = True
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         log.info("eval at step %d: %s", state.step, shown)
@@ -239,8 +273,13 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
     model.train()
     # A live bar on a terminal; in a log file (CI) a plain line about every 10% instead.
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=total_steps, desc="train", disable=not (accelerator.is_local_main_process and interactive),
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=total_steps,
+        desc="train",
+        disable=not (accelerator.is_local_main_process and interactive),
+        dynamic_ncols=True,
+        leave=False,
+    )
     plain_every = max(spec.log_every, total_steps // 10)
     last_plain = 0
     started = time.perf_counter()
@@ -262,7 +301,9 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             loss_count += 1
-            tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            tokens += (
+                batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            )
             window_examples += batch["input_ids"].shape[0]
             if not accelerator.sync_gradients:
                 continue  # still accumulating
@@ -275,19 +316,34 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
                 window_tokens = int(tokens.item())
                 now = time.perf_counter()
                 elapsed = max(now - window_start, 1e-9)
-                values = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                          "examples_per_s": window_examples * accelerator.num_processes / elapsed,
-                          "tokens_per_s": window_tokens * accelerator.num_processes / elapsed}
+                values = {
+                    "loss": mean_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "examples_per_s": window_examples * accelerator.num_processes / elapsed,
+                    "tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
+                }
                 if not math.isfinite(mean_loss):
-                    raise TrainingError(f"loss is {mean_loss} at step {state.step}; lower train.lr or check the "
-                                        "data (the last checkpoint is intact)")
+                    raise TrainingError(
+                        f"loss is {mean_loss} at step {state.step}; lower train.lr or check the "
+                        "data (the last checkpoint is intact)"
+                    )
                 record("train", values)
                 if not interactive and (state.step - last_plain >= plain_every or state.step == total_steps):
                     last_plain = state.step
-                    log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", state.step, total_steps,
-                             mean_loss, values["lr"], values["tokens_per_s"])
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{values['lr']:.2e}",
-                                tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
+                    log.info(
+                        "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
+                        state.step,
+                        total_steps,
+                        mean_loss,
+                        values["lr"],
+                        values["tokens_per_s"],
+                    )
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}",
+                    lr=f"{values['lr']:.2e}",
+                    tok_s=f"{values['tokens_per_s']:.0f}",
+                    refresh=False,
+                )
                 state.examples_seen += window_examples
                 state.tokens_seen += window_tokens
                 loss_sum.zero_()
@@ -306,7 +362,11 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
         finished = stop or state.step >= total_steps
         if eval_dl is not None and last_eval_step != state.step and (spec.eval_every == "epoch" or finished):
             last_eval = run_eval()
-        if spec.save_every != "never" and last_save_step != state.step and (spec.save_every == "epoch" or finished):
+        if (
+            spec.save_every != "never"
+            and last_save_step != state.step
+            and (spec.save_every == "epoch" or finished)
+        ):
             save_checkpoint()
         if stop or state.step >= total_steps:
             break
@@ -317,7 +377,9 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
     final = accelerator.unwrap_model(model)
     validation = last_eval
     if eval_dl is not None and state.best_step is not None and state.best_step != state.step:
-        log.info("loading the best model: step %d, %s %.4f", state.best_step, metric_for_best, state.best_metric)
+        log.info(
+            "loading the best model: step %d, %s %.4f", state.best_step, metric_for_best, state.best_metric
+        )
         final = type(final).from_pretrained(str(best_dir))
         final.to(accelerator.device)
         validation = _best_eval(metrics_log, state.best_step)

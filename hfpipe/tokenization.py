@@ -19,10 +19,13 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}",
-                          key="tokenizer.name_or_path") from None
+        raise RecipeError(
+            f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}", key="tokenizer.name_or_path"
+        ) from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -49,8 +52,10 @@ def train_tokenizer(texts: Iterable[str], spec, architecture: str, model_max_len
     arch = ARCHITECTURES[architecture]
     if spec.algorithm == "wordpiece":
         return _train_wordpiece(texts, spec, arch, model_max_length)
-    raise RecipeError(f"tokenizer algorithm {spec.algorithm!r} is not supported for {architecture}",
-                      key="tokenizer.train.algorithm")
+    raise RecipeError(
+        f"tokenizer algorithm {spec.algorithm!r} is not supported for {architecture}",
+        key="tokenizer.train.algorithm",
+    )
 
 
 # Word-internal characters are moved to a private-use plane while training, so that a plain
@@ -89,7 +94,10 @@ def _train_wordpiece(texts, spec, arch, model_max_length: int):
     bpe = Tokenizer(models.BPE(unk_token=arch.special_tokens["unk_token"]))
     bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=specials, show_progress=False
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=specials,
+        show_progress=False,
     )
     bpe.train_from_iterator(_batches(marked()), trainer=trainer)
     vocab: dict[str, int] = {}
@@ -99,8 +107,11 @@ def _train_wordpiece(texts, spec, arch, model_max_length: int):
     for token in [t for t in vocab if t not in specials and len(t.removeprefix("##")) == 1]:
         vocab.setdefault(token[2:] if token.startswith("##") else "##" + token, len(vocab))
 
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=arch.special_tokens["unk_token"],
-                                     max_input_chars_per_word=100))
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab=vocab, unk_token=arch.special_tokens["unk_token"], max_input_chars_per_word=100
+        )
+    )
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer
     cls, sep = arch.special_tokens["cls_token"], arch.special_tokens["sep_token"]

@@ -14,8 +14,16 @@ from hfpipe.recipe import load_recipe
 
 
 def test_run_directory_is_a_hugging_face_model_directory(tiny_run):
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "recipe.yaml", "metrics.json", "metrics.jsonl", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "recipe.yaml",
+        "metrics.json",
+        "metrics.jsonl",
+        "README.md",
+    ):
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob("*.bin")) and not list(tiny_run.rglob(".tmp-*"))
     config = json.loads((tiny_run / "config.json").read_text())
@@ -32,17 +40,27 @@ def _simple_sentiment_csv(path, n, seed):
     rows = ["text,label"]
     for _ in range(n):
         positive = rng.random() < 0.5
-        rows.append(f"the {rng.choice(['film', 'plot', 'cast', 'score'])} was "
-                    f"{rng.choice(good if positive else bad)},{'pos' if positive else 'neg'}")
+        rows.append(
+            f"the {rng.choice(['film', 'plot', 'cast', 'score'])} was "
+            f"{rng.choice(good if positive else bad)},{'pos' if positive else 'neg'}"
+        )
     return write(path, "\n".join(rows) + "\n")
 
 
 def test_training_learns(tmp_path):
     train_file = _simple_sentiment_csv(tmp_path / "train.csv", 512, 0)
     val_file = _simple_sentiment_csv(tmp_path / "val.csv", 128, 1)
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={train_file}", f"data.validation={val_file}", "train.epochs=4",
-        f"output_dir={tmp_path / 'run'}"])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "~data.builtin",
+            f"data.train={train_file}",
+            f"data.validation={val_file}",
+            "train.epochs=4",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
     run = train(recipe)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
@@ -70,8 +88,12 @@ def test_tiny_run_records(tiny_run):
 def test_predict_matches_transformers_pipeline(tiny_run):
     from transformers import pipeline
 
-    texts = ["The plot was not dull.", "What a tedious movie!", "Honestly, the cast felt superb.",
-             "Although the ending was lifeless, the score was moving."]
+    texts = [
+        "The plot was not dull.",
+        "What a tedious movie!",
+        "Honestly, the cast felt superb.",
+        "Although the ending was lifeless, the score was moving.",
+    ]
     _, ours = predict_run(tiny_run, texts=texts)
     theirs = pipeline("text-classification", model=str(tiny_run), device="cpu")(texts)
     assert [p["label"] for p in ours] == [p["label"] for p in theirs]
@@ -99,8 +121,11 @@ def test_evaluate_run_reproduces_the_test_metrics(tiny_run):
 
 def _pairs_csv(path, n, seed):
     rng = random.Random(seed)
-    topics = {"sport": "match goal team coach league striker", "food": "soup bread recipe chef spicy dinner",
-              "music": "guitar song album concert drummer melody"}
+    topics = {
+        "sport": "match goal team coach league striker",
+        "food": "soup bread recipe chef spicy dinner",
+        "music": "guitar song album concert drummer melody",
+    }
     lines = ["first,second,same"]
     names = list(topics)
     for _ in range(n):
@@ -115,11 +140,20 @@ def _pairs_csv(path, n, seed):
 def test_sentence_pairs(tmp_path):
     train_file = _pairs_csv(tmp_path / "pairs_train.csv", 512, 0)
     val_file = _pairs_csv(tmp_path / "pairs_val.csv", 64, 1)
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={train_file}", f"data.validation={val_file}",
-        "data.columns.text=first", "data.columns.text_pair=second", "data.columns.label=same",
-        "train.epochs=8", f"output_dir={tmp_path / 'run'}",
-    ])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "~data.builtin",
+            f"data.train={train_file}",
+            f"data.validation={val_file}",
+            "data.columns.text=first",
+            "data.columns.text_pair=second",
+            "data.columns.label=same",
+            "train.epochs=8",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
     run = train(recipe)
     config = json.loads((run / "config.json").read_text())
     assert config["id2label"] == {"0": "no", "1": "yes"}  # inferred, sorted
@@ -144,10 +178,18 @@ def test_regression_on_float_labels(tmp_path):
         w = rng.choice(list(words))
         rows.append(f"the show was {w} today,{words[w] + rng.uniform(-0.2, 0.2):.3f}")
     data = write(tmp_path / "scores.csv", "\n".join(rows) + "\n")
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={data}", "data.validation_fraction=0.2",
-        "data.columns.label=score", "train.epochs=8", f"output_dir={tmp_path / 'run'}",
-    ])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "~data.builtin",
+            f"data.train={data}",
+            "data.validation_fraction=0.2",
+            "data.columns.label=score",
+            "train.epochs=8",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
     run = train(recipe)
     config = json.loads((run / "config.json").read_text())
     assert len(config["id2label"]) == 1 and config["problem_type"] == "regression"
@@ -159,12 +201,23 @@ def test_regression_on_float_labels(tmp_path):
 
 
 def test_int_labels_index_the_label_list(tmp_path):
-    data = write(tmp_path / "d.jsonl", "".join(
-        json.dumps({"text": t, "label": i}) + "\n" for t, i in [("bad film", 0), ("good film", 1)] * 40))
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={data}", "data.labels=[neg, pos]", "train.max_steps=2",
-        f"output_dir={tmp_path / 'run'}",
-    ])
+    data = write(
+        tmp_path / "d.jsonl",
+        "".join(
+            json.dumps({"text": t, "label": i}) + "\n" for t, i in [("bad film", 0), ("good film", 1)] * 40
+        ),
+    )
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "~data.builtin",
+            f"data.train={data}",
+            "data.labels=[neg, pos]",
+            "train.max_steps=2",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
     run = train(recipe)
     assert json.loads((run / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
 
@@ -172,23 +225,46 @@ def test_int_labels_index_the_label_list(tmp_path):
 @pytest.mark.parametrize(
     "name, content, overrides, fragment, line",
     [
-        ("bad_label.csv", "text,label\ngood film,positive\nok film,neutral\n", ["data.labels=[negative, positive]"],
-         "label 'neutral' is not one of the labels", 3),
+        (
+            "bad_label.csv",
+            "text,label\ngood film,positive\nok film,neutral\n",
+            ["data.labels=[negative, positive]"],
+            "label 'neutral' is not one of the labels",
+            3,
+        ),
         ("empty_text.csv", "text,label\ngood film,positive\n ,negative\n", [], "empty text", 3),
-        ("no_column.csv", "sentence,label\ngood film,positive\nbad,negative\n", [], "column 'text' not found", None),
+        (
+            "no_column.csv",
+            "sentence,label\ngood film,positive\nbad,negative\n",
+            [],
+            "column 'text' not found",
+            None,
+        ),
         ("ragged.csv", "text,label\ngood film,positive\nbad,film,negative\n", [], "expected 2 fields", 3),
-        ("broken.jsonl", '{"text": "good", "label": "positive"}\n{"text": "bad", "label": \n', [],
-         "malformed JSON", 2),
+        (
+            "broken.jsonl",
+            '{"text": "good", "label": "positive"}\n{"text": "bad", "label": \n',
+            [],
+            "malformed JSON",
+            2,
+        ),
         ("empty.csv", "", [], "file is empty", None),
         ("one_label.csv", "text,label\ngood film,positive\nfine film,positive\n", [], "at least 2", None),
-        ("out_of_range.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 5}\n', ["data.labels=[x, y]"],
-         "out of range", 2),
+        (
+            "out_of_range.jsonl",
+            '{"text": "a", "label": 0}\n{"text": "b", "label": 5}\n',
+            ["data.labels=[x, y]"],
+            "out of range",
+            2,
+        ),
     ],
 )
 def test_bad_data_is_a_one_line_error_with_location(tmp_path, name, content, overrides, fragment, line):
     path = write(tmp_path / name, content)
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={path}", *overrides, f"output_dir={tmp_path / 'run'}"])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [*TINY, "~data.builtin", f"data.train={path}", *overrides, f"output_dir={tmp_path / 'run'}"],
+    )
     with pytest.raises(DataError) as info:
         train(recipe)
     err = info.value
@@ -201,16 +277,20 @@ def test_bad_data_is_a_one_line_error_with_location(tmp_path, name, content, ove
 def test_non_utf8_data_names_the_line(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"text,label\ngood,positive\ncaf\xe9 bad,negative\n")
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={path}", f"output_dir={tmp_path / 'run'}"])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [*TINY, "~data.builtin", f"data.train={path}", f"output_dir={tmp_path / 'run'}"],
+    )
     with pytest.raises(DataError) as info:
         train(recipe)
     assert "not UTF-8" in info.value.message and info.value.line == 3
 
 
 def test_missing_data_file(tmp_path):
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "~data.builtin", f"data.train={tmp_path / 'nope.csv'}", f"output_dir={tmp_path / 'run'}"])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [*TINY, "~data.builtin", f"data.train={tmp_path / 'nope.csv'}", f"output_dir={tmp_path / 'run'}"],
+    )
     with pytest.raises(DataError, match="file not found"):
         train(recipe)
 

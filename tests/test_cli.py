@@ -43,8 +43,11 @@ def test_validate_ok_and_typo(cli):
 
 
 def test_validate_reports_every_problem_of_every_recipe(cli, tmp_path):
-    bad = write(tmp_path / "bad.yaml", "task: classification\nmodel: {architecture: bert}\n"
-                "data: {builtin: {name: sentiment}}\noutput_dir: o\ntrain: {lrr: 1, epochz: 2}\n")
+    bad = write(
+        tmp_path / "bad.yaml",
+        "task: classification\nmodel: {architecture: bert}\n"
+        "data: {builtin: {name: sentiment}}\noutput_dir: o\ntrain: {lrr: 1, epochz: 2}\n",
+    )
     result = cli("validate", RECIPES / "quickstart.yaml", bad)
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if "bad.yaml:5: " in line]
@@ -53,8 +56,11 @@ def test_validate_reports_every_problem_of_every_recipe(cli, tmp_path):
 
 
 def test_validate_warns_on_trust_remote_code(cli, tmp_path):
-    r = write(tmp_path / "remote.yaml", "task: classification\nmodel: {name_or_path: org/model, "
-              "trust_remote_code: true}\ndata: {builtin: {name: sentiment}}\noutput_dir: o\n")
+    r = write(
+        tmp_path / "remote.yaml",
+        "task: classification\nmodel: {name_or_path: org/model, "
+        "trust_remote_code: true}\ndata: {builtin: {name: sentiment}}\noutput_dir: o\n",
+    )
     result = cli("validate", r)
     assert result.exit_code == 0 and "warning: model.trust_remote_code" in result.output
 
@@ -67,8 +73,14 @@ def test_train_recipe_error_exits_2(cli):
 
 def test_train_data_error_exits_3(cli, tmp_path):
     data = write(tmp_path / "d.csv", "text,label\ngood,pos\n,neg\n")
-    result = cli("train", RECIPES / "quickstart.yaml", *TINY, "~data.builtin", f"data.train={data}",
-                 f"output_dir={tmp_path / 'run'}")
+    result = cli(
+        "train",
+        RECIPES / "quickstart.yaml",
+        *TINY,
+        "~data.builtin",
+        f"data.train={data}",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.exit_code == 3
     assert "d.csv:3: " in result.output and "empty text" in result.output
 
@@ -84,7 +96,9 @@ def test_train_refuses_to_overwrite_a_run(cli, tmp_path, tiny_run):
 
 
 def test_train_end_to_end(cli, tmp_path):
-    result = cli("train", RECIPES / "quickstart.yaml", *TINY, "train.max_steps=6", f"output_dir={tmp_path / 'r'}")
+    result = cli(
+        "train", RECIPES / "quickstart.yaml", *TINY, "train.max_steps=6", f"output_dir={tmp_path / 'r'}"
+    )
     assert result.exit_code == 0, result.output
     assert "run directory:" in result.output and "validation" in result.output
     resolved = (tmp_path / "r" / "recipe.yaml").read_text()
@@ -123,7 +137,9 @@ def test_evaluate_on_recipe_split_and_on_a_file(cli, tiny_run, tmp_path):
     assert result.exit_code == 0 and "accuracy" in result.output
     saved = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= saved["accuracy"] <= 1
-    data = write(tmp_path / "labelled.csv", "text,label\nWhat a superb film!,positive\nThe plot was dull.,negative\n")
+    data = write(
+        tmp_path / "labelled.csv", "text,label\nWhat a superb film!,positive\nThe plot was dull.,negative\n"
+    )
     result = cli("evaluate", tiny_run, "--data", data)
     assert result.exit_code == 0 and "accuracy" in result.output
     bad = write(tmp_path / "bad.csv", "text,label\nWhat a superb film!,great\n")

@@ -51,7 +51,9 @@ def test_unknown_top_level_key_names_file_line_and_suggestion(tmp_path):
     err = error_of(path)
     assert err.key == "ouput_dir" and err.line == 10
     assert "did you mean 'output_dir'" in str(err)
-    assert str(err).startswith(f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}:10: ")
+    assert str(err).startswith(
+        f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}:10: "
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,8 +62,11 @@ def test_unknown_top_level_key_names_file_line_and_suggestion(tmp_path):
         ("train:\n  lrr: 1\n", "train.lrr", "did you mean 'lr'"),
         ("model:\n  architecture: bert\n  confg: {}\n", "model.confg", "did you mean 'config'"),
         ("data:\n  train: x.csv\n  columns:\n    txt: a\n", "data.columns.txt", "did you mean 'text'"),
-        ("data:\n  builtin:\n    name: sentiment\n    train_sise: 3\n", "data.builtin.train_sise",
-         "did you mean 'train_size'"),
+        (
+            "data:\n  builtin:\n    name: sentiment\n    train_sise: 3\n",
+            "data.builtin.train_sise",
+            "did you mean 'train_size'",
+        ),
         ("tokenizer:\n  train:\n    vocab: 100\n", "tokenizer.train.vocab", "unknown key"),
     ],
 )
@@ -180,17 +185,24 @@ def test_extends_missing_parent(tmp_path):
 
 def test_overrides_set_create_and_delete(tmp_path):
     path = recipe_file(tmp_path)
-    recipe = load_recipe(path, ["train.adam_betas=[0.8, 0.9]", "data.columns.text=sentence",
-                                "~train.lr", "description=a b c"])
+    recipe = load_recipe(
+        path, ["train.adam_betas=[0.8, 0.9]", "data.columns.text=sentence", "~train.lr", "description=a b c"]
+    )
     assert recipe.train.adam_betas == (0.8, 0.9)
     assert recipe.data.columns.text == "sentence"
     assert recipe.train.lr == 5e-5  # deleted -> schema default
     assert recipe.description == "a b c"
 
 
-@pytest.mark.parametrize("override, fragment", [("train.lr", "expected key=value"), ("~train.nothing", "no such key"),
-                                                 ("=3", "expected key=value"),
-                                                 ("train.lr.x=1", "not a section")])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.lr", "expected key=value"),
+        ("~train.nothing", "no such key"),
+        ("=3", "expected key=value"),
+        ("train.lr.x=1", "not a section"),
+    ],
+)
 def test_bad_overrides(tmp_path, override, fragment):
     err = error_of(recipe_file(tmp_path), [override])
     assert fragment in err.message
@@ -204,7 +216,9 @@ def test_override_path_resolves_against_cwd(tmp_path, monkeypatch):
 
 
 def test_hub_names_are_not_turned_into_paths(tmp_path):
-    text = BASE.replace("architecture: bert\n  config: {hidden_size: 32}", "name_or_path: google-bert/bert-base-uncased")
+    text = BASE.replace(
+        "architecture: bert\n  config: {hidden_size: 32}", "name_or_path: google-bert/bert-base-uncased"
+    )
     recipe = load_recipe(recipe_file(tmp_path, text))
     assert recipe.model.name_or_path == "google-bert/bert-base-uncased"
     (tmp_path / "local_model").mkdir()
@@ -221,9 +235,9 @@ def test_resolved_recipe_round_trips(tmp_path):
 
 
 def test_model_config_keys_are_checked_when_building(tmp_path):
-    from hfpipe.models import _check_config_keys
-
     from transformers import BertConfig
+
+    from hfpipe.models import _check_config_keys
 
     with pytest.raises(RecipeError) as info:
         _check_config_keys(BertConfig, {"hidden_sise": 3}, "model.config")

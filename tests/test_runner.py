@@ -14,9 +14,17 @@ from hfpipe.runner import BatchSampler, eval_batches
 
 
 def _run(tmp_path, *overrides, name="run"):
-    recipe = load_recipe(RECIPES / "quickstart.yaml", [
-        *TINY, "data.builtin.train_size=256", "data.builtin.validation_size=64", "data.builtin.test_size=0",
-        *overrides, f"output_dir={tmp_path / name}"])
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "data.builtin.train_size=256",
+            "data.builtin.validation_size=64",
+            "data.builtin.test_size=0",
+            *overrides,
+            f"output_dir={tmp_path / name}",
+        ],
+    )
     run = train(recipe)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return run, json.loads((run / "metrics.json").read_text()), records
@@ -58,24 +66,42 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
-    _, metrics, records = _run(tmp_path, "train.batch_size=8", "train.gradient_accumulation_steps=4",
-                               "train.epochs=1", "train.log_every=1", "train.scheduler=linear")
+    _, metrics, records = _run(
+        tmp_path,
+        "train.batch_size=8",
+        "train.gradient_accumulation_steps=4",
+        "train.epochs=1",
+        "train.log_every=1",
+        "train.scheduler=linear",
+    )
     assert metrics["train"]["steps"] == 8  # 256 examples / (8 x 4)
     lrs = [r["lr"] for r in records if r["type"] == "train"]
     assert len(lrs) == 8 and lrs[-1] == 0.0  # linear decay reaches 0 exactly at the last step
 
 
 def test_constant_schedule_with_warmup(tmp_path):
-    _, _, records = _run(tmp_path, "train.max_steps=8", "train.scheduler=constant", "train.warmup_steps=4",
-                         "train.log_every=1", "train.lr=1e-3")
+    _, _, records = _run(
+        tmp_path,
+        "train.max_steps=8",
+        "train.scheduler=constant",
+        "train.warmup_steps=4",
+        "train.log_every=1",
+        "train.lr=1e-3",
+    )
     lrs = [r["lr"] for r in records if r["type"] == "train"]
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and lrs[4:] == pytest.approx([1e-3] * 4)
 
 
 def test_eval_every_n_steps_and_early_stopping(tmp_path):
-    _, metrics, records = _run(tmp_path, "train.max_steps=40", "train.eval_every=2", "train.lr=1e-9",
-                               "train.metric_for_best=loss", "train.early_stopping_patience=2",
-                               "train.early_stopping_threshold=1.0")
+    _, metrics, records = _run(
+        tmp_path,
+        "train.max_steps=40",
+        "train.eval_every=2",
+        "train.lr=1e-9",
+        "train.metric_for_best=loss",
+        "train.early_stopping_patience=2",
+        "train.early_stopping_threshold=1.0",
+    )
     evals = [r for r in records if r["type"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4, 6]  # best at 2, then two evaluations without improvement
     assert metrics["train"]["steps"] == 6 and metrics["best_step"] == 2
@@ -112,7 +138,9 @@ def test_tokenizer_training_is_deterministic_and_wordpiece():
     texts = [r["text"] for r in sentiment(300, 0, 0, 0)["train"]]
     spec = TokenizerTraining(algorithm="wordpiece", vocab_size=300)
     first = train_tokenizer(iter(texts), spec, "bert", 64)
-    assert all(train_tokenizer(iter(texts), spec, "bert", 64).get_vocab() == first.get_vocab() for _ in range(3))
+    assert all(
+        train_tokenizer(iter(texts), spec, "bert", 64).get_vocab() == first.get_vocab() for _ in range(3)
+    )
     assert first.convert_ids_to_tokens(list(range(5))) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     enc = first("The film was dull.", "Zebra!")
     tokens = first.convert_ids_to_tokens(enc["input_ids"])

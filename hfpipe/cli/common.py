@@ -11,11 +11,15 @@ from typing import Annotated
 import typer
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-RunDirArg = Annotated[Path, typer.Argument(help="Run directory written by `hfpipe train`.", show_default=False)]
+RunDirArg = Annotated[
+    Path, typer.Argument(help="Run directory written by `hfpipe train`.", show_default=False)
+]
 OverridesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Overrides applied before validation: key.sub=value (YAML value) or ~key (delete).",
-                   show_default=False),
+    typer.Argument(
+        help="Overrides applied before validation: key.sub=value (YAML value) or ~key (delete).",
+        show_default=False,
+    ),
 ]
 
 
@@ -35,8 +39,12 @@ def user_errors():
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(stream=sys.stderr, format="hfpipe: %(message)s", force=True,
-                        level=logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(
+        stream=sys.stderr,
+        format="hfpipe: %(message)s",
+        force=True,
+        level=logging.DEBUG if verbose else logging.INFO,
+    )
     # Third-party INFO chatter (datasets, accelerate) hides what matters.
     for name in ("datasets", "accelerate", "transformers", "httpx", "filelock", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -26,8 +26,12 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def validate(
-    args: Annotated[list[str], typer.Argument(help="Recipe files, then optional key=value / ~key overrides "
-                                               "applied to each.", show_default=False)],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="Recipe files, then optional key=value / ~key overrides applied to each.", show_default=False
+        ),
+    ],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
 ) -> None:
     """Check recipes against the schema without importing torch or running anything they name.
@@ -52,8 +56,11 @@ def validate(
                 typer.echo(str(err), err=True)
             continue
         if recipe.model.trust_remote_code:
-            typer.echo(f"{path}: warning: model.trust_remote_code is true: loading this model runs code "
-                       "from its repository", err=True)
+            typer.echo(
+                f"{path}: warning: model.trust_remote_code is true: loading this model runs code "
+                "from its repository",
+                err=True,
+            )
         if not quiet:
             model = recipe.model.name_or_path or f"{recipe.model.architecture} from config"
             typer.echo(f"ok  {path}  ({recipe.task}, {model})")
@@ -90,11 +97,18 @@ def tasks() -> None:
     task_names()
     typer.echo(table([(t.name, t.description) for t in TASKS.values()], ("task", "description")))
     typer.echo("")
-    typer.echo(table([(a.name, a.description) for a in ARCHITECTURES.values()],
-                     ("model.architecture", "description")))
+    typer.echo(
+        table(
+            [(a.name, a.description) for a in ARCHITECTURES.values()], ("model.architecture", "description")
+        )
+    )
     typer.echo("")
-    typer.echo(table([(name, (fn.__doc__ or "").strip().splitlines()[0]) for name, fn in GENERATORS.items()],
-                     ("data.builtin.name", "description")))
+    typer.echo(
+        table(
+            [(name, (fn.__doc__ or "").strip().splitlines()[0]) for name, fn in GENERATORS.items()],
+            ("data.builtin.name", "description"),
+        )
+    )
 
 
 def schema() -> None:

@@ -14,7 +14,9 @@ from hfpipe.cli.common import OverridesArg, RecipeArg, RunDirArg, fmt, setup_log
 def train(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Fine-tune or pretrain according to RECIPE; writes a Hugging Face model directory to output_dir."""
@@ -38,7 +40,11 @@ def _summary(run_dir: Path) -> None:
     typer.echo("")
     if rows:
         typer.echo(table(rows, ("split", "metric", "value")))
-    best = f", best step {metrics['best_step']} by {metrics['metric_for_best']}" if metrics.get("best_step") else ""
+    best = (
+        f", best step {metrics['best_step']} by {metrics['metric_for_best']}"
+        if metrics.get("best_step")
+        else ""
+    )
     t = metrics["train"]
     typer.echo(f"\ntrained {t['steps']} steps in {t['runtime_s']:.1f} s{best}")
     typer.echo(f"run directory: {run_dir}")
@@ -46,9 +52,15 @@ def _summary(run_dir: Path) -> None:
 
 def evaluate(
     run_dir: RunDirArg,
-    data: Annotated[Path | None, typer.Option("--data", help="Labelled file with the recipe's columns.")] = None,
-    split: Annotated[str, typer.Option("--split", help="Recipe split to score when --data is not given.")] = "test",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Labelled file with the recipe's columns.")
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Recipe split to score when --data is not given.")
+    ] = "test",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")
+    ] = None,
 ) -> None:
     """Score a trained run on --data FILE or on its recipe's test split."""
     setup_logging()
@@ -65,12 +77,21 @@ def evaluate(
 
 def predict(
     run_dir: RunDirArg,
-    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="Text to classify (repeatable).")] = None,
-    text_pair: Annotated[list[str] | None, typer.Option("--text-pair", help="Second text of a pair "
-                                                        "(one per --text).")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help=".txt (one text per line) or csv / tsv / "
-                                              "jsonl with the recipe's columns.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions as JSON lines here.")] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", "-t", help="Text to classify (repeatable).")
+    ] = None,
+    text_pair: Annotated[
+        list[str] | None, typer.Option("--text-pair", help="Second text of a pair (one per --text).")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help=".txt (one text per line) or csv / tsv / jsonl with the recipe's columns."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write predictions as JSON lines here.")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
 ) -> None:
     """Predict with a trained run: prints one JSON line per input (or writes them to --output)."""
@@ -83,7 +104,9 @@ def predict(
         from hfpipe.api import predict_run
 
         rows, preds = predict_run(run_dir, texts=text, text_pairs=text_pair, file=file, batch_size=batch_size)
-        lines = [json.dumps({**row, **pred}, ensure_ascii=False) for row, pred in zip(rows, preds, strict=True)]
+        lines = [
+            json.dumps({**row, **pred}, ensure_ascii=False) for row, pred in zip(rows, preds, strict=True)
+        ]
         if output:
             from hfpipe.io import atomic_write_text
 

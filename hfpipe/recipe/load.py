@@ -47,20 +47,24 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict[Key, int]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
-                          file=shown, line=line) from None
+        raise RecipeError(
+            f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", file=shown, line=line
+        ) from None
     try:
         data = yaml.safe_load(text)  # safe_load only: a recipe can never construct Python objects
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"invalid YAML: {problem}", file=shown,
-                          line=mark.line + 1 if mark else None) from None
+        raise RecipeError(
+            f"invalid YAML: {problem}", file=shown, line=mark.line + 1 if mark else None
+        ) from None
     if data is None:
         raise RecipeError("empty recipe (expected a mapping with task, model, data, output_dir)", file=shown)
     if not isinstance(data, dict):
-        raise RecipeError(f"a recipe is a mapping of sections, not a {type(data).__name__}", file=shown, line=1)
+        raise RecipeError(
+            f"a recipe is a mapping of sections, not a {type(data).__name__}", file=shown, line=1
+        )
     return data, _line_map(node)
 
 
@@ -168,15 +172,23 @@ def _load_layers(path: Path, stack: tuple[Path, ...]) -> tuple[dict, Origins]:
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise RecipeError("extends: expected a file name or a list of file names",
-                          file=shown, line=lines.get(("extends",)), key="extends")
+        raise RecipeError(
+            "extends: expected a file name or a list of file names",
+            file=shown,
+            line=lines.get(("extends",)),
+            key="extends",
+        )
     merged: dict = {}
     merged_origins: Origins = {}
     for parent in parents:
         parent_path = path.parent / os.path.expanduser(parent)
         if not parent_path.is_file():
-            raise RecipeError(f"extended recipe {parent!r} not found (looked at {parent_path})",
-                              file=shown, line=lines.get(("extends",)), key="extends")
+            raise RecipeError(
+                f"extended recipe {parent!r} not found (looked at {parent_path})",
+                file=shown,
+                line=lines.get(("extends",)),
+                key="extends",
+            )
         parent_data, parent_origins = _load_layers(parent_path, (*stack, real))
         merged = _merge(merged, parent_data, merged_origins, parent_origins)
     merged = _merge(merged, data, merged_origins, origins)
@@ -187,7 +199,9 @@ def _load_layers(path: Path, stack: tuple[Path, ...]) -> tuple[dict, Origins]:
 # Overrides
 
 
-def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], origins: Origins | None = None) -> dict:
+def apply_overrides(
+    data: dict, overrides: list[str] | tuple[str, ...], origins: Origins | None = None
+) -> dict:
     """Apply ``a.b=value`` (value parsed as YAML) and ``~a.b`` (delete) to a recipe dict, in order."""
     origins = origins if origins is not None else {}
     for item in overrides:
@@ -216,8 +230,9 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], origins:
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise RecipeError(f"cannot set {key!r}: {'.'.join(parents[: i + 1])} is not a section",
-                                  file=where[0])
+                raise RecipeError(
+                    f"cannot set {key!r}: {'.'.join(parents[: i + 1])} is not a section", file=where[0]
+                )
             node = child
         node[leaf] = value
         path = tuple(key.split("."))
@@ -246,8 +261,9 @@ def _fields_at(loc: Key):
             clean.append(part)
             annotation = model.model_fields[part].annotation
             model = _section_type(annotation)
-            container = model is None and typing.get_origin(annotation) in (dict, None) and \
-                "dict" in str(annotation)
+            container = (
+                model is None and typing.get_origin(annotation) in (dict, None) and "dict" in str(annotation)
+            )
             continue
         if container:
             clean.append(str(part))
@@ -333,6 +349,7 @@ def dump_recipe(recipe) -> str:
         header += f" from {recipe.source}"
     if recipe.overrides:
         header += " with overrides: " + " ".join(recipe.overrides)
-    body = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False,
-                          allow_unicode=True)
+    body = yaml.safe_dump(
+        recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True
+    )
     return f"{header}\n{body}"

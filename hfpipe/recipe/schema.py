@@ -127,9 +127,15 @@ Files = str | list[str]
 class Data(Section):
     """Where the examples come from: local files, a Hub dataset, or a built-in generator."""
 
-    train: Files | None = Field(None, description="Training file(s): csv, tsv, json, jsonl or parquet.", json_schema_extra=PATH)
-    validation: Files | None = Field(None, description="Validation file(s), same formats.", json_schema_extra=PATH)
-    test: Files | None = Field(None, description="Test file(s), scored once at the end with the best model.", json_schema_extra=PATH)
+    train: Files | None = Field(
+        None, description="Training file(s): csv, tsv, json, jsonl or parquet.", json_schema_extra=PATH
+    )
+    validation: Files | None = Field(
+        None, description="Validation file(s), same formats.", json_schema_extra=PATH
+    )
+    test: Files | None = Field(
+        None, description="Test file(s), scored once at the end with the best model.", json_schema_extra=PATH
+    )
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
         "auto", description="File format; auto picks it from the file extension."
     )
@@ -155,7 +161,9 @@ class Data(Section):
     )
     max_length: int = Field(128, ge=8, description="Truncate inputs to this many tokens.")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
-    max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N validation / test rows.")
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Use only the first N validation / test rows."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Data:
@@ -199,8 +207,9 @@ class Train(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm (None: no clipping).")
     seed: int = Field(42, description="Seeds python, numpy, torch, model init and the data order.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Mixed precision. fp32 is the CPU default (bf16 is ~15x slower on CPUs "
-        "without AMX); fp16 needs a GPU."
+        "fp32",
+        description="Mixed precision. fp32 is the CPU default (bf16 is ~15x slower on CPUs "
+        "without AMX); fp16 needs a GPU.",
     )
     eval_every: int | Literal["epoch", "never"] = Field(
         "epoch", description="Evaluate every N optimizer steps, each epoch, or never."

@@ -39,8 +39,11 @@ def _label_kind(raw, recipe, split: str = "train") -> str:
         return "ids"
     # A column pandas could not type (e.g. ints and words mixed in a csv) lands here as strings;
     # anything else is a mixed or nested column.
-    raise DataError(f"column {column!r} has type {dtype or feature}; labels must be class names, "
-                    "int ids or floats (all of one type)", **raw.where(split))
+    raise DataError(
+        f"column {column!r} has type {dtype or feature}; labels must be class names, "
+        "int ids or floats (all of one type)",
+        **raw.where(split),
+    )
 
 
 def configure(raw, recipe) -> dict:
@@ -49,7 +52,11 @@ def configure(raw, recipe) -> dict:
 
     cols = recipe.data.columns
     needed = [cols.text] + ([cols.text_pair] if cols.text_pair else []) + [cols.label]
-    keys = ["data.columns.text"] + (["data.columns.text_pair"] if cols.text_pair else []) + ["data.columns.label"]
+    keys = (
+        ["data.columns.text"]
+        + (["data.columns.text_pair"] if cols.text_pair else [])
+        + ["data.columns.label"]
+    )
     require_columns(raw, "train", needed, keys)
     if "validation" in raw.splits:
         require_columns(raw, "validation", needed, keys)
@@ -58,7 +65,12 @@ def configure(raw, recipe) -> dict:
 
     kind = _label_kind(raw, recipe)
     if kind == "regression":
-        return {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"}, "label2id": {"score": 0}}
+        return {
+            "num_labels": 1,
+            "problem_type": "regression",
+            "id2label": {0: "score"},
+            "label2id": {"score": 0},
+        }
     train = raw.splits["train"]
     feature = train.features[cols.label]
     if recipe.data.labels is not None:
@@ -68,14 +80,20 @@ def configure(raw, recipe) -> dict:
     elif kind == "ids":
         values = sorted({int(v) for v in train.unique(cols.label)})
         if values and (values[0] < 0 or values[-1] >= 1000):
-            raise DataError(f"int labels must be ids 0..N-1; found {values[0]}..{values[-1]} "
-                            "(give data.labels, or use class names)", **raw.where("train"))
+            raise DataError(
+                f"int labels must be ids 0..N-1; found {values[0]}..{values[-1]} "
+                "(give data.labels, or use class names)",
+                **raw.where("train"),
+            )
         names = [str(i) for i in range(values[-1] + 1)] if values else []
     else:
         names = sorted(str(v) for v in train.unique(cols.label))
     if len(names) < 2:
-        raise DataError(f"column {cols.label!r} has {len(names)} distinct label(s) {names}; "
-                        "classification needs at least 2", **raw.where("train"))
+        raise DataError(
+            f"column {cols.label!r} has {len(names)} distinct label(s) {names}; "
+            "classification needs at least 2",
+            **raw.where("train"),
+        )
     log.info("%d labels: %s", len(names), ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
     return {
         "num_labels": len(names),
@@ -109,7 +127,9 @@ def _label_ids(values, config, kind: str, rows_where):
             try:
                 f = float(v)
             except (TypeError, ValueError):
-                raise DataError(f"label {v!r} is not a number (this is a regression task)", **rows_where(i)) from None
+                raise DataError(
+                    f"label {v!r} is not a number (this is a regression task)", **rows_where(i)
+                ) from None
             if not math.isfinite(f):
                 raise DataError(f"label {v!r} is not a finite number", **rows_where(i))
             out.append(f)
@@ -172,7 +192,9 @@ def prepare(raw, split: str, tokenizer, config, recipe):
         long_rows = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_length]
         if long_rows:
             truncated += len(long_rows)
-            cut = tokenizer(*[[a[i] for i in long_rows] for a in args], truncation=True, max_length=max_length)
+            cut = tokenizer(
+                *[[a[i] for i in long_rows] for a in args], truncation=True, max_length=max_length
+            )
             for key in enc:
                 for j, i in enumerate(long_rows):
                     enc[key][i] = cut[key][j]
@@ -184,11 +206,23 @@ def prepare(raw, split: str, tokenizer, config, recipe):
 
     # keep_in_memory: the tokenized split is rebuilt each run (cheap here); the pretraining issue adds
     # a content-keyed cache for corpora where tokenization is the expensive part.
-    out = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=ds.column_names,
-                 keep_in_memory=True, load_from_cache_file=False, desc=None)
+    out = ds.map(
+        tokenize,
+        batched=True,
+        batch_size=1000,
+        remove_columns=ds.column_names,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        desc=None,
+    )
     if truncated:
-        log.info("%s: truncated %d of %d examples to data.max_length=%d tokens",
-                 split, truncated, len(ds), max_length)
+        log.info(
+            "%s: truncated %d of %d examples to data.max_length=%d tokens",
+            split,
+            truncated,
+            len(ds),
+            max_length,
+        )
     return out
 
 
@@ -255,10 +289,11 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 64) ->
     device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            idx = order[start: start + batch_size]
+            idx = order[start : start + batch_size]
             args = [[texts[i] for i in idx]] + ([[pairs[i] for i in idx]] if pairs else [])
-            enc = tokenizer(*args, truncation=True, max_length=recipe.data.max_length, padding=True,
-                            return_tensors="pt").to(device)
+            enc = tokenizer(
+                *args, truncation=True, max_length=recipe.data.max_length, padding=True, return_tensors="pt"
+            ).to(device)
             logits = model(**enc).logits.float()
             if regression:
                 for i, value in zip(idx, logits.squeeze(-1).tolist(), strict=True):
