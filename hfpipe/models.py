@@ -78,7 +78,8 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             config=config,
             revision=spec.revision,
             trust_remote_code=spec.trust_remote_code,
-            use_safetensors=None,
+            # A new label set (or a checkpoint of another head) gets a freshly initialised head.
+            ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as exc:
         raise RecipeError(

@@ -310,3 +310,36 @@ def test_metrics_match_the_reference_libraries():
     r = regression_metrics([0.1, 0.4, 0.35, 0.8], [0, 0.5, 0.3, 1.0])
     assert r["pearson"] == pytest.approx(pearsonr([0.1, 0.4, 0.35, 0.8], [0, 0.5, 0.3, 1.0])[0])
     assert r["spearman"] == pytest.approx(spearmanr([0.1, 0.4, 0.35, 0.8], [0, 0.5, 0.3, 1.0])[0])
+
+
+def test_fine_tune_from_a_previous_run_with_new_labels(tiny_run, tmp_path):
+    """model.name_or_path = a local run directory: the from_pretrained path, with a 3-class head."""
+    rows = ["text,label"] + [
+        f"the {w} film,{lab}" for w, lab in [("great", "good"), ("dull", "bad"), ("odd", "meh")] * 30
+    ]
+    data = write(tmp_path / "three.csv", "\n".join(rows) + "\n")
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "~model.architecture",
+            "~model.config",
+            "~tokenizer.train",
+            f"model.name_or_path={tiny_run}",
+            "~data.builtin",
+            f"data.train={data}",
+            "train.max_steps=4",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    assert recipe.tokenizer.train is None
+    run = train(recipe)
+    config = json.loads((run / "config.json").read_text())
+    assert config["id2label"] == {"0": "bad", "1": "good", "2": "meh"}
+    from transformers import AutoTokenizer
+
+    assert (
+        AutoTokenizer.from_pretrained(run).get_vocab() == AutoTokenizer.from_pretrained(tiny_run).get_vocab()
+    )
+    _, preds = predict_run(run, texts=["the great film"])
+    assert preds[0]["label"] in ("bad", "good", "meh")
