@@ -47,3 +47,16 @@ def regression_metrics(predictions, references) -> dict[str, float]:
     else:
         out["pearson"] = out["spearman"] = math.nan
     return out
+
+
+def evaluate_module(name: str) -> str:
+    """Path of hfpipe's metric `name` ("classification" / "regression") as a local `evaluate` module.
+
+    ``evaluate.load(evaluate_module("classification"))`` works offline, unlike the Hub modules.
+    """
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent / "evaluate_metrics" / f"hfpipe_{name}"
+    if not folder.is_dir():
+        raise ValueError(f"no hfpipe evaluate module {name!r} (known: classification, regression)")
+    return str(folder)

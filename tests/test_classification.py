@@ -343,3 +343,46 @@ def test_fine_tune_from_a_previous_run_with_new_labels(tiny_run, tmp_path):
     )
     _, preds = predict_run(run, texts=["the great film"])
     assert preds[0]["label"] in ("bad", "good", "meh")
+
+
+@pytest.mark.slow
+def test_metrics_load_offline_through_the_evaluate_api():
+    evaluate = pytest.importorskip("evaluate")
+    from hfpipe.metrics import classification_metrics, evaluate_module, regression_metrics
+
+    preds, refs = [0, 2, 1, 1, 0], [0, 1, 1, 2, 0]
+    metric = evaluate.load(evaluate_module("classification"))
+    assert metric.compute(predictions=preds, references=refs, num_labels=3) == classification_metrics(
+        preds, refs, 3
+    )
+    metric = evaluate.load(evaluate_module("regression"))
+    p, r = [0.1, 0.5, 0.4, 0.9], [0.0, 0.6, 0.3, 1.0]
+    assert metric.compute(predictions=p, references=r) == pytest.approx(regression_metrics(p, r))
+
+
+def test_truncation_is_counted_in_the_log(tmp_path, caplog):
+    import logging
+
+    long_text = " ".join(["the film was great"] * 40)
+    data = write(
+        tmp_path / "long.csv",
+        "text,label\n"
+        + "".join(
+            f"{long_text if i % 4 == 0 else 'the film was dull'},{'pos' if i % 2 else 'neg'}\n"
+            for i in range(40)
+        ),
+    )
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [
+            *TINY,
+            "~data.builtin",
+            f"data.train={data}",
+            "data.max_length=16",
+            "train.max_steps=1",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    with caplog.at_level(logging.INFO, logger="hfpipe"):
+        train(recipe)
+    assert "train: truncated 10 of 40 examples to data.max_length=16 tokens" in caplog.text
