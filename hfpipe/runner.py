@@ -63,10 +63,18 @@ class BatchSampler:
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+class EvalBatches(list):
+    """A fixed list of batches with the `batch_size` attribute Accelerate's sharding asks for."""
+
+    def __init__(self, batches: list[list[int]], batch_size: int) -> None:
+        super().__init__(batches)
+        self.batch_size = batch_size
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> EvalBatches:
     """Evaluation batches in length order: least padding, and order does not matter for metrics."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return EvalBatches([order[i : i + batch_size] for i in range(0, len(order), batch_size)], batch_size)
 
 
 def split_lengths(dataset):
@@ -289,7 +297,9 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     for epoch in range(num_epochs):
         state.epoch = epoch
-        sampler.set_epoch(epoch)
+        # Through the prepared loader: Accelerate re-seeds the sampler with its own epoch counter on
+        # every iteration, so the counter itself must be set (it matters once training resumes).
+        train_dl.set_epoch(epoch) if hasattr(train_dl, "set_epoch") else sampler.set_epoch(epoch)
         for batch_index, batch in enumerate(train_dl):
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

@@ -147,3 +147,19 @@ def test_tokenizer_training_is_deterministic_and_wordpiece():
     assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and "[UNK]" not in tokens
     assert any(t.startswith("##") for t in tokens)  # continuation pieces exist
     assert first.decode(enc["input_ids"], skip_special_tokens=True) == "the film was dull. zebra!"
+
+
+def test_prepared_loader_follows_the_epoch_it_is_given():
+    """Accelerate re-seeds samplers per iteration; setting the epoch on the prepared loader must win."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    lengths = list(range(1, 41))
+    data = [{"i": torch.tensor(i)} for i in range(40)]
+    sampler = BatchSampler(lengths, 4, seed=0, group_by_length=True)
+    loader = Accelerator().prepare(DataLoader(data, batch_sampler=sampler))
+    loader.set_epoch(3)
+    seen = [batch["i"].tolist() for batch in loader]
+    sampler.set_epoch(3)
+    assert seen == sampler.batches()
