@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hfpipe import io
-from hfpipe.errors import DataError, RunError
+from hfpipe.errors import DataError, RunError, decode_utf8
 
 log = logging.getLogger("hfpipe")
 
@@ -166,10 +166,7 @@ def read_inputs(path: str | Path, recipe) -> list[dict]:
     if path.suffix.lower() == ".txt":
         if not path.exists():
             raise DataError("file not found", file=str(path))
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise DataError(f"not UTF-8 text (byte offset {e.start})", file=str(path)) from None
+        lines = decode_utf8(path.read_bytes(), DataError, str(path)).splitlines()
         if recipe.data.columns.text_pair:
             raise DataError(
                 "this model takes text pairs: give a csv / jsonl file with columns "

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfpipe.errors import DataError
+from hfpipe.errors import DataError, decode_utf8
 
 log = logging.getLogger("hfpipe")
 
@@ -122,14 +122,10 @@ def _load_file(path: str, fmt: str, file_index: int):
 def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
     """Turn a builder failure into a DataError pointing at the first bad line of the file."""
     shown = _shown(path)
-    raw = Path(path).read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return DataError(
-            f"not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8", file=shown, line=line
-        )
+        text = decode_utf8(Path(path).read_bytes(), DataError, shown)
+    except DataError as err:
+        return err
     if fmt == "jsonl" or (fmt == "json" and not text.lstrip().startswith(("[", "{\n", "{\r"))):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

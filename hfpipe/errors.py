@@ -76,3 +76,14 @@ def did_you_mean(word: str, options) -> str:
 
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def decode_utf8(raw: bytes, error: type[HfpipeError], file: str) -> str:
+    """`raw` as text, or `error` naming the line of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(
+            f"not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8", file=file, line=line
+        ) from None

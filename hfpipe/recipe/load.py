@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from hfpipe.errors import RecipeError, did_you_mean
+from hfpipe.errors import RecipeError, decode_utf8, did_you_mean
 
 Key = tuple[str, ...]
 Origins = dict[Key, tuple[str, int | None]]  # key path -> (file or "override 'k=v'", line)
@@ -43,13 +43,7 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict[Key, int]]:
         raise RecipeError("is a directory, not a recipe file", file=shown) from None
     except OSError as e:
         raise RecipeError(f"cannot read recipe: {e.strerror}", file=shown) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(
-            f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", file=shown, line=line
-        ) from None
+    text = decode_utf8(raw, RecipeError, shown)
     try:
         data = yaml.safe_load(text)  # safe_load only: a recipe can never construct Python objects
         node = yaml.compose(text, Loader=yaml.SafeLoader)
