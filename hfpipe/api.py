@@ -28,24 +28,31 @@ def _quiet_libraries() -> None:
 
 
 def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Path:
-    """Train `recipe` into its output_dir and return the run directory."""
+    """Train `recipe` into its output_dir and return the run directory.
+
+    Under `accelerate launch` every process runs this; only the main process writes the run directory.
+    """
     from hfpipe.data import load_raw
     from hfpipe.models import build_model
     from hfpipe.recipe import dump_recipe
-    from hfpipe.runner import fit
+    from hfpipe.runner import fit, make_accelerator, resolve_metric_for_best
     from hfpipe.tasks import get_task
     from hfpipe.tokenization import load_tokenizer, train_tokenizer
 
     _quiet_libraries()
     task = get_task(recipe.task)
     command = command or shlex.join(["hfpipe", *sys.argv[1:]])
+    accelerator = make_accelerator(recipe)
+    main = accelerator.is_main_process
+    if not main:
+        log.setLevel(logging.WARNING)
 
     # Everything that can reject the input runs before the output directory is touched.
     raw = load_raw(recipe)
     head_kwargs = task.configure(raw, recipe)
     if recipe.tokenizer.train is not None:
         max_positions = recipe.model.config.get("max_position_embeddings", 512)
-        tokenizer = train_tokenizer(
+        tokenizer = train_tokenizer(  # deterministic: every process trains the same one
             task.training_text(raw, recipe),
             recipe.tokenizer.train,
             recipe.model.architecture,
@@ -58,11 +65,21 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
             trust_remote_code=recipe.model.trust_remote_code,
         )
     model = build_model(recipe, task, tokenizer, head_kwargs)
+    _check_lengths(recipe, model.config)
+    resolve_metric_for_best(recipe, task, model.config)
     splits = {name: task.prepare(raw, name, tokenizer, model.config, recipe) for name in raw.splits}
 
-    run_dir = io.prepare_output_dir(recipe.output_dir, overwrite=overwrite)
-    io.atomic_write_text(run_dir / io.RECIPE, dump_recipe(recipe))
-    result = fit(recipe, task, model, tokenizer, splits["train"], splits.get("validation"), run_dir)
+    protected = [recipe.source or ""] + [f for f in raw.files]
+    if main:
+        io.prepare_output_dir(
+            recipe.output_dir, overwrite=overwrite, protected=tuple(p for p in protected if p)
+        )
+        io.atomic_write_text(Path(recipe.output_dir) / io.RECIPE, dump_recipe(recipe))
+    accelerator.wait_for_everyone()
+    run_dir = Path(recipe.output_dir).resolve()
+    result = fit(
+        recipe, task, model, tokenizer, splits["train"], splits.get("validation"), run_dir, accelerator
+    )
 
     metrics: dict = {
         "task": task.name,
@@ -71,6 +88,7 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
             "epochs": round(result.state.epoch_float, 4),
             "runtime_s": round(result.train_runtime, 2),
             "examples": len(splits["train"]),
+            "processes": accelerator.num_processes,
         },
         "metric_for_best": result.metric_for_best,
         "best_step": result.state.best_step,
@@ -78,27 +96,61 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
     }
     test = splits.get("test")
     if test is not None and "labels" in test.column_names:
-        metrics["test"] = score(result.model, tokenizer, test, task, recipe)
-    io.export_model(result.model, tokenizer, run_dir)
-    io.write_json(run_dir / io.METRICS, metrics)
-    io.atomic_write_text(
-        run_dir / io.CARD, io.model_card(recipe, task, metrics, command, result.model.num_parameters())
-    )
+        metrics["test"] = score(result.model, tokenizer, test, task, recipe, accelerator)
+    if main:
+        if test is not None and "labels" not in test.column_names:
+            _write_test_predictions(result.model, tokenizer, raw, task, recipe, run_dir)
+        io.export_model(result.model, tokenizer, run_dir)
+        io.write_json(run_dir / io.METRICS, metrics)
+        io.atomic_write_text(
+            run_dir / io.CARD, io.model_card(recipe, task, metrics, command, result.model.num_parameters())
+        )
+    accelerator.wait_for_everyone()
     return run_dir
 
 
-def score(model, tokenizer, dataset, task, recipe) -> dict:
-    """The task's metrics of `model` on a prepared dataset (one process, no training state)."""
+def _check_lengths(recipe, config) -> None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and recipe.data.max_length > limit:
+        from hfpipe.errors import RecipeError
+
+        raise RecipeError(
+            f"{recipe.data.max_length} is more than the model's max_position_embeddings ({limit})",
+            key="data.max_length",
+        )
+
+
+def _write_test_predictions(model, tokenizer, raw, task, recipe, run_dir: Path) -> None:
+    """An unlabelled test split is predicted instead of scored: RUN_DIR/test_predictions.jsonl."""
+    import json
+
+    from hfpipe.data import FILE, ROW
+
+    test = raw.splits["test"]
+    keep = [c for c in test.column_names if c not in (ROW, FILE, recipe.data.columns.label)]
+    rows = test.select_columns(keep).to_list()
+    preds = task.predict(model, tokenizer, rows, recipe, batch_size=recipe.train.eval_batch_size or 64)
+    lines = [json.dumps({**row, **pred}, ensure_ascii=False) for row, pred in zip(rows, preds, strict=True)]
+    io.atomic_write_text(run_dir / "test_predictions.jsonl", "\n".join(lines) + "\n")
+    log.info(
+        "test split has no labels: wrote %d predictions to %s", len(rows), run_dir / "test_predictions.jsonl"
+    )
+
+
+def score(model, tokenizer, dataset, task, recipe, accelerator=None) -> dict:
+    """The task's metrics of `model` on a prepared dataset."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from hfpipe.runner import eval_batches, split_lengths
 
-    accelerator = Accelerator()
+    accelerator = accelerator or Accelerator()
     dataset, lengths = split_lengths(dataset)
     batch_size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
     dl = DataLoader(
-        dataset, batch_sampler=eval_batches(lengths, batch_size), collate_fn=task.collator(tokenizer, recipe)
+        dataset,
+        batch_sampler=eval_batches(lengths, batch_size),
+        collate_fn=task.collator(tokenizer, recipe),
     )
     model, dl = accelerator.prepare(model, dl)
     return task.evaluate(model, dl, accelerator, recipe)

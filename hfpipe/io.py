@@ -27,6 +27,7 @@ METRICS = "metrics.json"
 METRICS_LOG = "metrics.jsonl"
 CARD = "README.md"
 CHECKPOINTS = "checkpoints"
+MARKER = ".hfpipe-run"
 
 
 def _repo_root(start: Path) -> Path | None:
@@ -36,8 +37,12 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
-    """Create the run directory; refuse to clobber an existing one unless `overwrite` says so."""
+def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[str, ...] = ()) -> Path:
+    """Create the run directory; refuse to clobber an existing one unless `overwrite` says so.
+
+    Only a directory that hfpipe created (it holds the MARKER file) is ever emptied, and never one that
+    holds a file the run reads (`protected`: the recipe, the data).
+    """
     out = Path(path).expanduser().resolve()
     forbidden = {Path("/"), Path.home().resolve()}
     root = _repo_root(Path.cwd().resolve())
@@ -57,21 +62,30 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
                 f"{out} already holds files; pass --overwrite to replace that run (or change output_dir)",
                 key="output_dir",
             )
-        if not (out / RECIPE).exists() and not (out / CHECKPOINTS).exists():
+        if not (out / MARKER).exists():
             raise TrainingError(
-                f"{out} is not an hfpipe run directory (no {RECIPE}); refusing to delete "
-                "what is in it, even with --overwrite",
+                f"{out} was not created by hfpipe train (no {MARKER}); refusing to delete what is in it, "
+                "even with --overwrite",
                 key="output_dir",
             )
+        for item in protected:
+            if Path(item).resolve().is_relative_to(out):
+                raise TrainingError(
+                    f"{out} holds {item}, which this run reads; refusing to delete it", key="output_dir"
+                )
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / MARKER, "This directory is an hfpipe run; `hfpipe train --overwrite` may replace it.\n"
+    )
     return out
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename: readers never see half a file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -116,13 +130,25 @@ def atomic_dir(final: Path, fill) -> Path:
     A crash at any moment leaves either the old directory or the new one, never a mix: an unfinished
     temporary directory starts with '.tmp-' and is ignored (and cleaned) by later runs.
     """
+    tmp = staging_dir(final)
+    fill(tmp)
+    return commit_dir(tmp, final)
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh, empty '.tmp-<name>' directory beside `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    fill(tmp)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> Path:
+    """Rename a finished staging directory to `final`, replacing what was there."""
+    final = Path(final)
     if final.exists():
         old = final.parent / f".old-{final.name}"
         if old.exists():

@@ -23,11 +23,8 @@ def classification_metrics(predictions, references, num_labels: int) -> dict[str
     if num_labels == 2:
         out["f1"] = float(f1_score(references, predictions, average="binary", pos_label=1, zero_division=0))
     else:
-        out["f1_macro"] = float(
-            f1_score(
-                references, predictions, average="macro", labels=list(range(num_labels)), zero_division=0
-            )
-        )
+        # Over the classes present in references or predictions, as sklearn (and evaluate) do by default.
+        out["f1_macro"] = float(f1_score(references, predictions, average="macro", zero_division=0))
     out["mcc"] = float(matthews_corrcoef(references, predictions))
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -134,29 +135,66 @@ class FitResult:
     metric_for_best: str | None
 
 
-def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> FitResult:
+def make_accelerator(recipe):
+    """The Accelerator for a recipe (device, precision, accumulation); fails early on an impossible setup."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     spec = recipe.train
     if spec.precision == "fp16" and not torch.cuda.is_available():
         raise TrainingError(
             "precision fp16 needs a CUDA GPU; use fp32 (or bf16) on this machine", key="train.precision"
         )
-    accelerator = Accelerator(
+    return Accelerator(
         mixed_precision={"fp32": "no"}.get(spec.precision, spec.precision),
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
     )
+
+
+def resolve_metric_for_best(recipe, task, config) -> str:
+    """train.metric_for_best (an `eval_` prefix, as in transformers, is accepted) or the task's default."""
+    name = recipe.train.metric_for_best
+    if name is None:
+        return task.primary_metric(config)
+    name = name.removeprefix("eval_")
+    known = task.metric_names(config)
+    if name not in known:
+        from hfpipe.errors import RecipeError, did_you_mean
+
+        raise RecipeError(
+            f"task {task.name} does not compute {name!r}{did_you_mean(name, known)} (it computes: "
+            f"{', '.join(known)})",
+            key="train.metric_for_best",
+        )
+    return name
+
+
+def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accelerator=None) -> FitResult:
+    import torch
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    spec = recipe.train
+    accelerator = accelerator or make_accelerator(recipe)
     set_seed(spec.seed)
     collate = task.collator(tokenizer, recipe)
 
+    # Loaders get generators of their own: creating an iterator then draws from it, not from the global
+    # torch RNG that dropout uses, so evaluation cadence cannot change the training result.
+    def generator():
+        return torch.Generator().manual_seed(spec.seed)
+
     train_ds, train_lengths = split_lengths(train_ds)
     sampler = BatchSampler(train_lengths, spec.batch_size, spec.seed, spec.group_by_length)
-    train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=spec.num_workers)
+    train_dl = DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=spec.num_workers,
+        generator=generator(),
+    )
     eval_dl = None
     if eval_ds is not None and len(eval_ds) > 0 and spec.eval_every != "never":
         eval_ds, eval_lengths = split_lengths(eval_ds)
@@ -165,27 +203,30 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
             batch_sampler=eval_batches(eval_lengths, spec.eval_batch_size or 2 * spec.batch_size),
             collate_fn=collate,
             num_workers=spec.num_workers,
+            generator=generator(),
         )
+    optimizer = _optimizer(model, spec)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if eval_dl is not None:
+        eval_dl = accelerator.prepare(eval_dl)
 
+    # Counted on the prepared (per-process) loader. The prepared scheduler steps once per process for
+    # every optimizer step, so it is built for total_steps x num_processes.
     steps_per_epoch = math.ceil(len(train_dl) / spec.gradient_accumulation_steps)
     total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = (
         spec.warmup_steps if spec.warmup_steps is not None else math.ceil(spec.warmup_ratio * total_steps)
     )
-    optimizer = _optimizer(model, spec)
     scheduler = get_scheduler(
         spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup",
         optimizer,
-        num_warmup_steps=warmup,
-        num_training_steps=total_steps,
+        num_warmup_steps=warmup * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
     )
+    scheduler = accelerator.prepare(scheduler)
 
-    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
-    if eval_dl is not None:
-        eval_dl = accelerator.prepare(eval_dl)
-
-    metric_for_best = spec.metric_for_best or task.primary_metric(accelerator.unwrap_model(model).config)
+    metric_for_best = resolve_metric_for_best(recipe, task, accelerator.unwrap_model(model).config)
     greater = spec.greater_is_better
     if greater is None:
         greater = not any(word in metric_for_best for word in ("loss", "perplexity", "mse", "error"))
@@ -235,23 +276,32 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
         if _improved(value, state.best_metric, greater, spec.early_stopping_threshold):
             state.best_metric, state.best_step = value, state.step
             state.evals_without_improvement = 0
+            state_dict = accelerator.get_state_dict(model)  # all processes (gathers FSDP / DeepSpeed shards)
             if accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(model)
-                io.atomic_dir(best_dir, lambda tmp: unwrapped.save_pretrained(tmp, safe_serialization=True))
+                io.atomic_dir(
+                    best_dir,
+                    lambda tmp: unwrapped.save_pretrained(
+                        tmp, state_dict=state_dict, safe_serialization=True
+                    ),
+                )
         else:
             state.evals_without_improvement += 1
             if (
                 spec.early_stopping_patience
                 and state.evals_without_improvement >= spec.early_stopping_patience
             ):
+                best = (
+                    "none"
+                    if state.best_step is None
+                    else f"{state.best_metric:.4f} at step {state.best_step}"
+                )
                 log.info(
-                    "early stopping at step %d: %s has not improved for %d evaluations (best %.4f at "
-                    "step %d)",
+                    "early stopping at step %d: %s has not improved for %d evaluations (best: %s)",
                     state.step,
                     metric_for_best,
                     state.evals_without_improvement,
-                    state.best_metric,
-                    state.best_step,
+                    best,
                 )
                 stop = True
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -259,23 +309,23 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
         return metrics
 
     def save_checkpoint() -> None:
+        """Resumable state of every process, staged in a temporary directory, then renamed into place."""
         nonlocal last_save_step
         last_save_step = state.step
-        if not accelerator.is_main_process:
-            return
         root = run_dir / io.CHECKPOINTS
-
-        def fill(tmp: Path) -> None:
-            accelerator.save_state(str(tmp), safe_serialization=True)
+        final = root / f"step-{state.step:07d}"
+        tmp = io.staging_dir(final) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        # All processes: each writes its own RNG state (and, under FSDP / DeepSpeed, its shards).
+        accelerator.save_state(str(root / f".tmp-{final.name}"), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
-
-        io.atomic_dir(root / f"step-{state.step:07d}", fill)
-        if spec.save_total_limit:
-            steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-            for old in steps[: -spec.save_total_limit]:
-                import shutil
-
-                shutil.rmtree(old)
+            io.commit_dir(tmp, final)
+            if spec.save_total_limit:
+                for old in sorted(p for p in root.glob("step-*") if p.is_dir())[: -spec.save_total_limit]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
 
     # -- the loop ------------------------------------------------------------------------------------
     model.train()
@@ -299,7 +349,10 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path) -> Fit
         state.epoch = epoch
         # Through the prepared loader: Accelerate re-seeds the sampler with its own epoch counter on
         # every iteration, so the counter itself must be set (it matters once training resumes).
-        train_dl.set_epoch(epoch) if hasattr(train_dl, "set_epoch") else sampler.set_epoch(epoch)
+        # With several processes the sampler sits inside Accelerate's shard wrapper, out of its reach.
+        if hasattr(train_dl, "set_epoch"):
+            train_dl.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         for batch_index, batch in enumerate(train_dl):
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

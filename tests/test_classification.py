@@ -150,7 +150,8 @@ def test_sentence_pairs(tmp_path):
             "data.columns.text=first",
             "data.columns.text_pair=second",
             "data.columns.label=same",
-            "train.epochs=8",
+            "train.epochs=12",
+            "train.warmup_ratio=0.1",  # a pair task needs cross-attention: warm up, then more epochs
             f"output_dir={tmp_path / 'run'}",
         ],
     )

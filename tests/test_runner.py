@@ -8,7 +8,7 @@ import pytest
 from conftest import RECIPES, TINY
 
 from hfpipe.api import train
-from hfpipe.errors import TrainingError
+from hfpipe.errors import RecipeError
 from hfpipe.recipe import load_recipe
 from hfpipe.runner import BatchSampler, eval_batches
 
@@ -121,8 +121,12 @@ def test_checkpoints_are_complete_and_pruned(tmp_path):
 
 
 def test_unknown_metric_for_best(tmp_path):
-    with pytest.raises(TrainingError, match="metric 'bleu' is not computed"):
+    with pytest.raises(RecipeError, match="does not compute 'bleu'") as info:
         _run(tmp_path, "train.max_steps=2", "train.metric_for_best=bleu")
+    assert info.value.key == "train.metric_for_best"
+    assert not (tmp_path / "run").exists()  # rejected before the output directory is made
+    _, metrics, _ = _run(tmp_path, "train.max_steps=2", "train.metric_for_best=eval_mcc", name="hf_style")
+    assert metrics["metric_for_best"] == "mcc"
 
 
 def test_no_validation_keeps_the_last_model(tmp_path):

@@ -38,9 +38,21 @@ def user_errors():
         raise typer.Exit(130) from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
-        stream=sys.stderr,
+        handlers=[_StderrHandler()],
         format="hfpipe: %(message)s",
         force=True,
         level=logging.DEBUG if verbose else logging.INFO,

@@ -32,6 +32,8 @@ class Task:
     evaluate: Callable[..., dict[str, float]]
     # (model config) -> name of the metric that picks the best checkpoint by default
     primary_metric: Callable[..., str]
+    # (model config) -> names of every metric `evaluate` returns
+    metric_names: Callable[..., list[str]]
     # (model, tokenizer, rows: list[dict], recipe, batch_size) -> list[dict] of predictions
     predict: Callable[..., list[dict[str, Any]]]
 

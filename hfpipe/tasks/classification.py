@@ -46,6 +46,17 @@ def _label_kind(raw, recipe, split: str = "train") -> str:
     )
 
 
+def _is_blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _natural(name: str):
+    """Sort key: numbers by value ("2" before "10"), then words alphabetically."""
+    stripped = name.strip()
+    number = stripped.lstrip("-")
+    return (0, int(stripped), "") if number.isdigit() else (1, 0, name)
+
+
 def configure(raw, recipe) -> dict:
     """Config kwargs for the head: num_labels, id2label, label2id, problem_type."""
     from hfpipe.data import require_columns
@@ -77,17 +88,15 @@ def configure(raw, recipe) -> dict:
         names = list(recipe.data.labels)
     elif hasattr(feature, "names"):
         names = list(feature.names)
-    elif kind == "ids":
-        values = sorted({int(v) for v in train.unique(cols.label)})
-        if values and (values[0] < 0 or values[-1] >= 1000):
-            raise DataError(
-                f"int labels must be ids 0..N-1; found {values[0]}..{values[-1]} "
-                "(give data.labels, or use class names)",
-                **raw.where("train"),
-            )
-        names = [str(i) for i in range(values[-1] + 1)] if values else []
     else:
-        names = sorted(str(v) for v in train.unique(cols.label))
+        values = [v for v in train.unique(cols.label) if not _is_blank(v)]
+        if kind == "ids" and values:
+            ints = sorted({int(v) for v in values})
+            # Ids 0..N-1 name themselves; any other ints (1-5 stars, -1/1) are class names.
+            names = [str(i) for i in range(ints[-1] + 1)] if ints == list(range(len(ints))) else None
+            names = names or [str(i) for i in ints]
+        else:
+            names = sorted({str(v) for v in values}, key=_natural)
     if len(names) < 2:
         raise DataError(
             f"column {cols.label!r} has {len(names)} distinct label(s) {names}; "
@@ -119,11 +128,17 @@ def training_text(raw, recipe):
 # Preprocessing
 
 
-def _label_ids(values, config, kind: str, rows_where):
-    """Labels of a batch as ids (or floats for regression); rows_where(i) locates an error."""
+def _label_ids(values, config, by_index: bool, rows_where):
+    """Labels of a batch as ids (floats for regression); rows_where(i) locates an error.
+
+    Strings are class names. Ints are ids when the classes are 0..N-1 or when data.labels names them
+    (`by_index`); otherwise they are class names too ("5" of a 1-5 star scale).
+    """
     if config.problem_type == "regression":
         out = []
         for i, v in enumerate(values):
+            if _is_blank(v):
+                raise DataError("empty label", **rows_where(i))
             try:
                 f = float(v)
             except (TypeError, ValueError):
@@ -135,27 +150,39 @@ def _label_ids(values, config, kind: str, rows_where):
             out.append(f)
         return out
     label2id, n = config.label2id, config.num_labels
+    ids_name_themselves = by_index or list(label2id) == [str(i) for i in range(n)]
     out = []
     for i, v in enumerate(values):
+        if _is_blank(v):
+            raise DataError("empty label", **rows_where(i))
         if isinstance(v, bool):
             v = int(v)
-        if isinstance(v, int) or (isinstance(v, float) and float(v).is_integer()):
-            if kind == "class-names" and str(int(v)) in label2id:
-                out.append(label2id[str(int(v))])
-                continue
-            if 0 <= int(v) < n and kind != "class-names":
-                out.append(int(v))
-                continue
-            raise DataError(f"label id {v!r} is out of range 0..{n - 1}", **rows_where(i))
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
         if isinstance(v, str) and v in label2id:
             out.append(label2id[v])
             continue
-        if isinstance(v, str) and kind == "ids" and v.strip().lstrip("-").isdigit() and 0 <= int(v) < n:
-            out.append(int(v))
-            continue
+        if isinstance(v, str) and by_index and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if isinstance(v, int):
+            if ids_name_themselves:
+                if 0 <= v < n:
+                    out.append(v)
+                    continue
+                raise DataError(f"label id {v} is out of range 0..{n - 1}", **rows_where(i))
+            if str(v) in label2id:
+                out.append(label2id[str(v)])
+                continue
         shown = ", ".join(list(label2id)[:10]) + (" ..." if n > 10 else "")
         raise DataError(f"label {v!r} is not one of the labels [{shown}]", **rows_where(i))
     return out
+
+
+def _unlabelled(ds, column: str) -> bool:
+    """A test split whose labels are all missing (-1 as in GLUE, null, or empty) is to be predicted."""
+    return all(
+        v is None or v == -1 or (isinstance(v, str) and v.strip() in ("", "-1")) for v in ds.unique(column)
+    )
 
 
 def prepare(raw, split: str, tokenizer, config, recipe):
@@ -163,10 +190,8 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     cols = recipe.data.columns
     ds = raw.splits[split]
     max_length = recipe.data.max_length
-    has_labels = cols.label in ds.column_names
-    kind = _label_kind(raw, recipe, split) if has_labels else None
-    if kind == "regression" and config.problem_type != "regression":
-        kind = "ids"  # float-typed ids (e.g. 0.0 / 1.0) for a classifier
+    has_labels = cols.label in ds.column_names and not (split == "test" and _unlabelled(ds, cols.label))
+    by_index = recipe.data.labels is not None
     truncated = 0
 
     def where(batch, i):
@@ -201,7 +226,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
         out = dict(enc)
         out["length"] = [len(ids) for ids in enc["input_ids"]]
         if has_labels:
-            out["labels"] = _label_ids(batch[cols.label], config, kind, lambda i: where(batch, i))
+            out["labels"] = _label_ids(batch[cols.label], config, by_index, lambda i: where(batch, i))
         return out
 
     # keep_in_memory: the tokenized split is rebuilt each run (cheap here); the pretraining issue adds
@@ -240,40 +265,49 @@ def collator(tokenizer, recipe):
 
 def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
     import torch
+    import torch.nn.functional as F
 
     from hfpipe.metrics import classification_metrics, regression_metrics
 
     config = accelerator.unwrap_model(model).config
     regression = config.problem_type == "regression"
     model.eval()
-    preds, refs = [], []
-    loss_sum, count = 0.0, 0
+    preds, refs, losses = [], [], []
     with torch.no_grad():
         for batch in dataloader:
-            out = model(**batch)
-            logits = out.logits
-            p = logits.squeeze(-1) if regression else logits.argmax(-1)
-            p, r = accelerator.gather_for_metrics((p, batch["labels"]))
-            n = torch.tensor(batch["labels"].shape[0], device=logits.device)
-            batch_loss = accelerator.gather_for_metrics((out.loss.detach() * n).reshape(1))
-            loss_sum += batch_loss.sum().item()
-            count += accelerator.gather_for_metrics(n.reshape(1)).sum().item()
-            preds.append(p.float().cpu() if regression else p.cpu())
-            refs.append(r.float().cpu() if regression else r.cpu())
+            logits = model(**batch).logits.float()
+            labels = batch["labels"]
+            if regression:
+                p = logits.squeeze(-1)
+                loss = (p - labels.float()) ** 2  # the model's MSE, per example
+            else:
+                p = logits.argmax(-1)
+                loss = F.cross_entropy(logits, labels, reduction="none")
+            # Per example, so gather_for_metrics can drop the samples repeated to even out processes.
+            p, r, loss = accelerator.gather_for_metrics((p, labels, loss))
+            preds.append(p.cpu())
+            refs.append(r.cpu())
+            losses.append(loss.cpu())
     model.train()
     if not preds:
         return {}
-    preds_all, refs_all = torch.cat(preds).numpy(), torch.cat(refs).numpy()
-    metrics = {"loss": loss_sum / max(count, 1)}
+    preds_all, refs_all = torch.cat(preds).float().numpy(), torch.cat(refs).float().numpy()
+    metrics = {"loss": torch.cat(losses).mean().item()}
     if regression:
         metrics.update(regression_metrics(preds_all, refs_all))
     else:
-        metrics.update(classification_metrics(preds_all, refs_all, config.num_labels))
+        metrics.update(classification_metrics(preds_all.astype(int), refs_all.astype(int), config.num_labels))
     return metrics
 
 
 def primary_metric(config) -> str:
     return "pearson" if getattr(config, "problem_type", None) == "regression" else "accuracy"
+
+
+def metric_names(config) -> list[str]:
+    if getattr(config, "problem_type", None) == "regression":
+        return ["loss", "mse", "pearson", "spearman"]
+    return ["loss", "accuracy", "f1" if config.num_labels == 2 else "f1_macro", "mcc"]
 
 
 def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 64) -> list[dict]:
@@ -319,6 +353,7 @@ CLASSIFICATION = register(
         collator=collator,
         evaluate=evaluate,
         primary_metric=primary_metric,
+        metric_names=metric_names,
         predict=predict,
     )
 )
