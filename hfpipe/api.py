@@ -185,14 +185,17 @@ def open_run(run_dir: str | Path):
 
 def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str = "test") -> dict:
     """Metrics of a run on `data_file` (same columns as the recipe's data) or on its recipe's `split`."""
-    from hfpipe.data import RawData, load_raw
+    from hfpipe.data import FORMATS, RawData, load_raw
     from hfpipe.data import _load_files as load_files
 
     recipe, task, model, tokenizer = open_run(run_dir)
     if data_file is not None:
         files: list[str] = []
         formats: list[str] = []
-        ds = load_files([str(Path(data_file).resolve())], recipe.data.format, files, formats)
+        # The file's own extension decides its format (the recipe's format was for the recipe's files).
+        path = str(Path(data_file).resolve())
+        fmt = "auto" if Path(path).suffix.lower() in FORMATS else recipe.data.format
+        ds = load_files([path], fmt, files, formats)
         raw = RawData({"eval": ds}, files, formats)
         split = "eval"
     else:
@@ -265,4 +268,9 @@ def predict_run(
                 row[cols.text_pair] = pair
     if not rows:
         raise DataError("nothing to predict: give --text or a --file with rows")
+    for number, row in enumerate(rows, start=1):
+        for column, text in row.items():
+            if not isinstance(text, str) or not text.strip():
+                where = f"{file} (row {number})" if file is not None else f"input {number}"
+                raise DataError(f"column {column!r}: expected non-empty text, got {text!r}", file=where)
     return rows, task.predict(model, tokenizer, rows, recipe, batch_size=batch_size)

@@ -9,6 +9,7 @@ When a builder fails, the file is scanned with the standard library to find the 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -46,11 +47,10 @@ class RawData:
         if example is not None and FILE in example and example[FILE] is not None:
             path, fmt = self.files[example[FILE]], self.formats[example[FILE]]
             row = int(example[ROW])
-            # csv / tsv have a header line; json lines count from 1; parquet has rows, not lines.
-            line = row + 2 if fmt in ("csv", "tsv") else row + 1
-            if fmt in ("parquet", "json"):
-                return {"file": f"{_shown(path)} (row {row + 1})"}
-            return {"file": _shown(path), "line": line}
+            lines = _record_lines(path, fmt) if fmt in ("csv", "tsv", "jsonl") else []
+            if row < len(lines):
+                return {"file": _shown(path), "line": lines[row]}
+            return {"file": f"{_shown(path)} (row {row + 1})"}  # parquet / json arrays have rows, not lines
         if example is not None and ROW in example:
             return {"file": f"{self.origin} split {split!r} (row {int(example[ROW]) + 1})"}
         split_files = sorted({self.files[i] for i in self._file_ids(split)}) if self.files else []
@@ -63,6 +63,25 @@ class RawData:
         if ds is None or FILE not in ds.column_names or len(ds) == 0:
             return []
         return sorted(set(ds.unique(FILE)))
+
+
+@functools.lru_cache(maxsize=8)
+def _record_lines(path: str, fmt: str) -> list[int]:
+    """Line number (1-based) where each data row of a file starts; read only to report an error.
+
+    Blank lines (skipped by the readers) and quoted multi-line csv fields make row + 2 wrong.
+    """
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        if fmt == "jsonl":
+            return [number for number, line in enumerate(f, start=1) if line.strip()]
+        quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
+        starts, previous = [], 0
+        for row in reader:
+            if row:
+                starts.append(previous + 1)
+            previous = reader.line_num
+        return starts[1:]  # the first record is the header
 
 
 def _shown(path: str) -> str:
@@ -175,7 +194,8 @@ def _load_files(paths: list[str], declared: str, files: list[str], formats: list
         return datasets.concatenate_datasets(parts)
     except ValueError as exc:
         raise DataError(
-            f"files of one split have different columns: {exc}", file=", ".join(_shown(p) for p in paths)
+            f"files of one split have different columns or column types: {exc}",
+            file=", ".join(_shown(p) for p in paths),
         ) from None
 
 
@@ -215,9 +235,16 @@ def load_raw(recipe) -> RawData:
         raw = RawData(splits, files, formats)
 
     if "validation" not in raw.splits and data.validation_fraction:
-        parts = raw.splits["train"].train_test_split(
-            test_size=data.validation_fraction, seed=recipe.train.seed, shuffle=True
-        )
+        try:
+            parts = raw.splits["train"].train_test_split(
+                test_size=data.validation_fraction, seed=recipe.train.seed, shuffle=True
+            )
+        except ValueError:
+            raise DataError(
+                f"{len(raw.splits['train'])} training rows are too few to hold out "
+                f"data.validation_fraction={data.validation_fraction}",
+                **raw.where("train"),
+            ) from None
         raw.splits["train"], raw.splits["validation"] = parts["train"], parts["test"]
         log.info(
             "held out %d of %d training rows as validation (data.validation_fraction=%s)",

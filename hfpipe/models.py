@@ -21,8 +21,32 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+# Config values hfpipe derives from the tokenizer and the data; a recipe setting them would disagree.
+DERIVED_KEYS = (
+    "vocab_size",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "num_labels",
+    "id2label",
+    "label2id",
+    "problem_type",
+)
+
+
+def _error_text(exc: Exception) -> str:
+    """An exception's message on one line (validation errors span several)."""
+    return " ".join(line.strip() for line in str(exc).strip().splitlines())[:300] or type(exc).__name__
+
+
 def _check_config_keys(config_class, keys, where: str) -> None:
     """RecipeError for a config key the model class does not know (AutoConfig would silently keep it)."""
+    for key in keys:
+        if key in DERIVED_KEYS:
+            raise RecipeError(
+                "set by hfpipe from the tokenizer and the data; remove it from the recipe",
+                key=f"{where}.{key}",
+            )
     known = set(config_class().to_dict())
     known |= set(getattr(config_class, "attribute_map", {}))
     for key in keys:
@@ -50,14 +74,17 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             for k, v in arch.special_tokens.items()
             if k in ("pad_token", "bos_token", "eos_token")
         }
-        config = config_class(
-            **spec.config,
-            vocab_size=len(tokenizer),
-            **{f"{k}_id": v for k, v in special.items()},
-            **head_kwargs,
-        )
         transformers.set_seed(recipe.train.seed)  # the random init is part of the recipe's seed
-        model = cls.from_config(config)
+        try:
+            config = config_class(
+                **spec.config,
+                vocab_size=len(tokenizer),
+                **{f"{k}_id": v for k, v in special.items()},
+                **head_kwargs,
+            )
+            model = cls.from_config(config)
+        except Exception as exc:  # noqa: BLE001  only recipe values go in: a wrong type, heads not dividing hidden
+            raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
         log.info("built %s from config: %s parameters", arch.model_type, f"{model.num_parameters():,}")
         return model
     try:
@@ -69,8 +96,11 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
         ) from None
     _check_config_keys(type(config), spec.config, "model.config")
-    for key, value in {**spec.config, **head_kwargs}.items():
-        setattr(config, key, value)
+    try:
+        for key, value in {**spec.config, **head_kwargs}.items():
+            setattr(config, key, value)
+    except Exception as exc:  # noqa: BLE001  (see above)
+        raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
     transformers.set_seed(recipe.train.seed)  # a new head is initialised randomly too
     try:
         model = cls.from_pretrained(

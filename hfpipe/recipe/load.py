@@ -8,6 +8,7 @@ against the file that wrote them (overrides: against the current directory).
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,24 @@ import yaml
 from hfpipe.errors import RecipeError, decode_utf8, did_you_mean
 
 Key = tuple[str, ...]
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads `1e-5` as a float, as YAML 1.2 does (1.1 wants `1.0e-5`)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str):
+    """Parse recipe YAML: safe (no Python objects can be built), with YAML 1.2 floats."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506  (RecipeLoader is a SafeLoader)
+
+
 Origins = dict[Key, tuple[str, int | None]]  # key path -> (file or "override 'k=v'", line)
 
 
@@ -45,8 +64,8 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict[Key, int]]:
         raise RecipeError(f"cannot read recipe: {e.strerror}", file=shown) from None
     text = decode_utf8(raw, RecipeError, shown)
     try:
-        data = yaml.safe_load(text)  # safe_load only: a recipe can never construct Python objects
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = parse_yaml(text)  # a SafeLoader: a recipe can never construct Python objects
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -112,9 +131,9 @@ def _resolve_one(value: str, base: Path, mode: str) -> str:
     return value  # a Hub name
 
 
-def _resolve_paths(data: dict, base: Path, only: Key | None = None) -> None:
+def _resolve_paths(data: dict, base: Path, under: Key | None = None) -> None:
     for key, mode in _path_fields().items():
-        if only is not None and key != only:
+        if under is not None and key[: len(under)] != under:
             continue
         parent = data
         for part in key[:-1]:
@@ -214,7 +233,7 @@ def apply_overrides(
         if not sep or not key or any(not part for part in key.split(".")):
             raise RecipeError(f"{item!r}: expected key=value or ~key", file="command line")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise RecipeError(f"value is not valid YAML: {getattr(e, 'problem', e)}", file=where[0]) from None
         *parents, leaf = key.split(".")
@@ -233,7 +252,7 @@ def apply_overrides(
         for k in [k for k in origins if k[: len(path)] == path]:
             del origins[k]
         origins[path] = where
-        _resolve_paths(data, Path.cwd(), only=path)
+        _resolve_paths(data, Path.cwd(), under=path)  # `data.train=x` or all of `data={...}`
     return data
 
 
@@ -343,7 +362,5 @@ def dump_recipe(recipe) -> str:
         header += f" from {recipe.source}"
     if recipe.overrides:
         header += " with overrides: " + " ".join(recipe.overrides)
-    body = yaml.safe_dump(
-        recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True
-    )
+    body = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     return f"{header}\n{body}"

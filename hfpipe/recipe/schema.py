@@ -7,7 +7,7 @@ schedulers) are checked against registries, never imported: a recipe is data.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -31,7 +31,7 @@ class Model(Section):
     )
     architecture: str | None = Field(
         None,
-        description="Build a randomly initialised model of this architecture (see `hfpipe recipes --list`).",
+        description="Build a randomly initialised model of this architecture (see `hfpipe tasks`).",
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -202,7 +202,9 @@ class Train(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (overrides warmup_ratio).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases / LayerNorm).")
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1)."
+    )
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm (None: no clipping).")
     seed: int = Field(42, description="Seeds python, numpy, torch, model init and the data order.")
@@ -211,10 +213,10 @@ class Train(Section):
         description="Mixed precision. fp32 is the CPU default (bf16 is ~15x slower on CPUs "
         "without AMX); fp16 needs a GPU.",
     )
-    eval_every: int | Literal["epoch", "never"] = Field(
+    eval_every: Annotated[int, Field(ge=1)] | Literal["epoch", "never"] = Field(
         "epoch", description="Evaluate every N optimizer steps, each epoch, or never."
     )
-    save_every: int | Literal["epoch", "never"] = Field(
+    save_every: Annotated[int, Field(ge=1)] | Literal["epoch", "never"] = Field(
         "epoch", description="Write a resumable checkpoint every N steps, each epoch, or never."
     )
     save_total_limit: int | None = Field(
@@ -248,7 +250,7 @@ class Train(Section):
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
-    task: str = Field(description="Task head, e.g. `classification` (see `hfpipe recipes --list`).")
+    task: str = Field(description="Task head, e.g. `classification` (see `hfpipe tasks`).")
     description: str | None = Field(None, description="One line saying what this recipe is for.")
     model: Model = Field(description="The model to fine-tune or build.")
     tokenizer: Tokenizer = Field(default_factory=Tokenizer, description="The tokenizer to load or train.")
