@@ -375,15 +375,16 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
             bar.update(1)
 
             if state.step % spec.log_every == 0 or state.step == total_steps:
-                mean_loss = (loss_sum / loss_count).item()  # .item() syncs: only here, every log_every
-                window_tokens = int(tokens.item())
+                # Averaged / summed over processes; .item() syncs: only here, every log_every steps.
+                mean_loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
+                window_tokens = int(accelerator.reduce(tokens, "sum").item())
                 now = time.perf_counter()
                 elapsed = max(now - window_start, 1e-9)
                 values = {
                     "loss": mean_loss,
                     "lr": scheduler.get_last_lr()[0],
                     "examples_per_s": window_examples * accelerator.num_processes / elapsed,
-                    "tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
+                    "tokens_per_s": window_tokens / elapsed,
                 }
                 if not math.isfinite(mean_loss):
                     raise TrainingError(

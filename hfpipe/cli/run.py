@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,8 @@ def train(
         from hfpipe.api import train as run_train
 
         run_dir = run_train(loaded, overwrite=overwrite)
-        _summary(run_dir)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not per process
+            _summary(run_dir)
 
 
 def _summary(run_dir: Path) -> None:
