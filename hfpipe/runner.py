@@ -345,6 +345,9 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
     loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
     loss_count = 0
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    accumulation = spec.gradient_accumulation_steps
+    last_group = len(train_dl) % accumulation or accumulation
+    last_group_start = len(train_dl) - last_group if last_group != accumulation else len(train_dl)
     for epoch in range(num_epochs):
         state.epoch = epoch
         # Through the prepared loader: Accelerate re-seeds the sampler with its own epoch counter on
@@ -356,7 +359,10 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
         for batch_index, batch in enumerate(train_dl):
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                accelerator.backward(loss)
+                # backward() divides by gradient_accumulation_steps; the epoch's last group may hold fewer
+                # batches, and its step must still see their mean, not a fraction of it.
+                scale = accumulation / last_group if batch_index >= last_group_start else 1.0
+                accelerator.backward(loss * scale if scale != 1.0 else loss)
                 if accelerator.sync_gradients and spec.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                 optimizer.step()
