@@ -174,13 +174,23 @@ def test_accumulation_equals_a_bigger_batch_even_for_the_last_partial_group(tmp_
     of one batch of 8, which must count as a mean, not a quarter of one."""
     from safetensors.torch import load_file
 
-    common = ["data.builtin.train_size=40", "data.builtin.validation_size=0", "data.builtin.test_size=0",
-              "train.group_by_length=false", "train.epochs=1", "train.warmup_ratio=0", "train.max_grad_norm=null",
-              "model.config.hidden_dropout_prob=0", "model.config.attention_probs_dropout_prob=0",
-              "model.config.classifier_dropout=0", "train.save_every=never"]
+    common = [
+        "data.builtin.train_size=40",
+        "data.builtin.validation_size=0",
+        "data.builtin.test_size=0",
+        "train.group_by_length=false",
+        "train.epochs=1",
+        "train.warmup_ratio=0",
+        "train.max_grad_norm=null",
+        "model.config.hidden_dropout_prob=0",
+        "model.config.attention_probs_dropout_prob=0",
+        "model.config.classifier_dropout=0",
+        "train.save_every=never",
+    ]
     big, _, _ = _run(tmp_path, *common, "train.batch_size=32", name="big")
-    small, _, _ = _run(tmp_path, *common, "train.batch_size=8", "train.gradient_accumulation_steps=4",
-                       name="small")
+    small, _, _ = _run(
+        tmp_path, *common, "train.batch_size=8", "train.gradient_accumulation_steps=4", name="small"
+    )
     a, b = load_file(big / "model.safetensors"), load_file(small / "model.safetensors")
     for name in a:
         assert (a[name] - b[name]).abs().max().item() < 1e-5, name
