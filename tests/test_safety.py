@@ -214,3 +214,28 @@ def test_two_processes_write_one_run(tmp_path):
     for step in ("step-0000003", "step-0000006"):
         assert (out / "checkpoints" / step / "random_states_1.pkl").exists()
     assert (out / "config.json").exists()
+
+
+def test_hub_classlabel_ints_index_their_names(tmp_path):
+    """A Hub dataset's ClassLabel column: ints are ids of the feature's names (offline stand-in)."""
+    import datasets
+    from transformers import BertTokenizerFast
+
+    from hfpipe.data import ROW, RawData
+    from hfpipe.tasks.classification import configure, prepare
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])}
+    )
+    ds = datasets.Dataset.from_dict({"text": ["bad film", "good film"], "label": [0, 1]}, features=features)
+    raw = RawData({"train": ds.add_column(ROW, [0, 1])}, origin="hub:x")
+    recipe = tiny(tmp_path, "~data.builtin", "data.dataset=x")
+    head = configure(raw, recipe)
+    assert head["id2label"] == {0: "negative", 1: "positive"}
+    from transformers import BertConfig
+
+    tok = BertTokenizerFast(
+        vocab_file=str(write(tmp_path / "v.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nbad\ngood\nfilm\n"))
+    )
+    out = prepare(raw, "train", tok, BertConfig(**head), recipe)
+    assert out["labels"] == [0, 1]

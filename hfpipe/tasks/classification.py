@@ -191,7 +191,8 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     ds = raw.splits[split]
     max_length = recipe.data.max_length
     has_labels = cols.label in ds.column_names and not (split == "test" and _unlabelled(ds, cols.label))
-    by_index = recipe.data.labels is not None
+    # Ints index the class names when the recipe lists them, or when the column is a Hub ClassLabel.
+    by_index = recipe.data.labels is not None or hasattr(ds.features.get(cols.label), "names")
     truncated = 0
 
     def where(batch, i):
