@@ -27,7 +27,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
 
 
-def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Path:
+def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str | None = None) -> Path:
     """Train `recipe` into its output_dir and return the run directory.
 
     Under `accelerate launch` every process runs this; only the main process writes the run directory.
@@ -35,7 +35,7 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
     from hfpipe.data import load_raw
     from hfpipe.models import build_model
     from hfpipe.recipe import dump_recipe
-    from hfpipe.runner import fit, make_accelerator, resolve_metric_for_best
+    from hfpipe.runner import TrainingInterrupted, fit, make_accelerator, resolve_metric_for_best
     from hfpipe.tasks import get_task
     from hfpipe.tokenization import load_tokenizer, train_tokenizer
 
@@ -48,9 +48,12 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
         log.setLevel(logging.WARNING)
 
     # Everything that can reject the input runs before the output directory is touched.
+    resume_from = _resume_point(recipe, explicit=resume, overwrite=overwrite)
     raw = load_raw(recipe)
     head_kwargs = task.configure(raw, recipe)
-    if recipe.tokenizer.train is not None:
+    if resume_from is not None:
+        tokenizer = load_tokenizer(str(resume_from / "tokenizer"))  # the one the run started with
+    elif recipe.tokenizer.train is not None:
         max_positions = recipe.model.config.get("max_position_embeddings", 512)
         tokenizer = train_tokenizer(  # deterministic: every process trains the same one
             task.training_text(raw, recipe),
@@ -70,16 +73,28 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
     splits = {name: task.prepare(raw, name, tokenizer, model.config, recipe) for name in raw.splits}
 
     protected = [recipe.source or ""] + [f for f in raw.files]
-    if main:
+    if main and resume_from is None:
         io.prepare_output_dir(
             recipe.output_dir, overwrite=overwrite, protected=tuple(p for p in protected if p)
         )
         io.atomic_write_text(Path(recipe.output_dir) / io.RECIPE, dump_recipe(recipe))
     accelerator.wait_for_everyone()
     run_dir = Path(recipe.output_dir).resolve()
-    result = fit(
-        recipe, task, model, tokenizer, splits["train"], splits.get("validation"), run_dir, accelerator
-    )
+    try:
+        result = fit(
+            recipe,
+            task,
+            model,
+            tokenizer,
+            splits["train"],
+            splits.get("validation"),
+            run_dir,
+            accelerator,
+            resume_from=resume_from,
+        )
+    except TrainingInterrupted as exc:
+        resume_command = command if "--resume" in command.split() else f"{command} --resume"
+        raise TrainingInterrupted(exc.signal_name, exc.step, resume_command) from None
 
     metrics: dict = {
         "task": task.name,
@@ -107,6 +122,46 @@ def train(recipe, *, overwrite: bool = False, command: str | None = None) -> Pat
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+# Sections that define what is trained; resuming with any of them changed would mix two runs.
+_RUN_DEFINING = ("task", "model", "tokenizer", "data")
+
+
+def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (--resume or train.resume: auto), or None to start afresh."""
+    import shutil
+
+    from hfpipe.errors import RecipeError, TrainingError
+    from hfpipe.recipe.load import _read_yaml
+    from hfpipe.runner import latest_checkpoint
+
+    if not (explicit or recipe.train.resume == "auto"):
+        return None
+    if explicit and overwrite:
+        raise TrainingError("--resume and --overwrite contradict each other; pick one")
+    run_dir = Path(recipe.output_dir).resolve()
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        if explicit and run_dir.is_dir() and any(run_dir.iterdir()):
+            raise TrainingError(
+                f"{run_dir} holds no complete checkpoint to resume from (set train.save_every)",
+                key="output_dir",
+            )
+        return None  # nothing to resume: a fresh start
+    saved, _ = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
+    current = recipe.model_dump(mode="json")
+    changed = [k for k in _RUN_DEFINING if saved.get(k) != current.get(k)]
+    if changed:
+        raise RecipeError(
+            f"changed since the run started; resuming needs the same {', '.join(changed)} "
+            "(or start a new run with --overwrite)",
+            file=str(run_dir / io.RECIPE),
+            key=changed[0],
+        )
+    for partial in (run_dir / io.CHECKPOINTS).glob(".tmp-*"):  # a checkpoint that a crash cut short
+        shutil.rmtree(partial, ignore_errors=True)
+    return checkpoint
 
 
 def _check_lengths(recipe, config) -> None:

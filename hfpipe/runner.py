@@ -97,8 +97,15 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     epoch_float: float = 0.0  # progress in epochs, for the logs
+    batches_in_epoch: int = 0  # batches of the current epoch already consumed (where a resume starts)
     examples_seen: int = 0
     tokens_seen: int = 0
+    skipped_nonfinite: int = 0
+    # The unlogged part of the current logging window, so a resumed run logs what an unbroken one would.
+    window_loss_sum: float = 0.0
+    window_loss_count: int = 0
+    window_tokens: int = 0
+    window_examples: int = 0
 
 
 def _improved(value: float, best: float | None, greater: bool, threshold: float) -> bool:
@@ -169,7 +176,9 @@ def resolve_metric_for_best(recipe, task, config) -> str:
     return name
 
 
-def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accelerator=None) -> FitResult:
+def fit(
+    recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accelerator=None, resume_from=None
+) -> FitResult:
     import torch
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -320,6 +329,10 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
         accelerator.save_state(str(root / f".tmp-{final.name}"), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            state.window_loss_sum, state.window_loss_count = float(loss_sum.item()), loss_count
+            state.window_tokens, state.window_examples = int(tokens.item()), window_examples
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            _fault("checkpoint", state.step)  # test hook: die with the checkpoint half-written
             (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
             io.commit_dir(tmp, final)
             if spec.save_total_limit:
@@ -328,41 +341,81 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
         accelerator.wait_for_everyone()
 
     # -- the loop ------------------------------------------------------------------------------------
+    loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    loss_count = window_examples = 0
+    if resume_from is not None:
+        # Model, optimizer, scheduler, every RNG (python, numpy, torch) and Accelerate's step counter.
+        accelerator.load_state(str(resume_from))
+        state = TrainState(**json.loads((Path(resume_from) / "trainer_state.json").read_text()))
+        loss_sum += state.window_loss_sum
+        tokens += state.window_tokens
+        loss_count, window_examples = state.window_loss_count, state.window_examples
+        last_eval_step = last_save_step = state.step
+        _truncate_log(metrics_log, state.step)
+        log.info(
+            "resumed from %s: step %d of %d, epoch %d, batch %d",
+            Path(resume_from).name,
+            state.step,
+            total_steps,
+            state.epoch,
+            state.batches_in_epoch,
+        )
+    start_epoch, skip = state.epoch, state.batches_in_epoch
+    if skip >= len(train_dl):  # saved at the very end of an epoch
+        start_epoch, skip = start_epoch + 1, 0
+
     model.train()
     # A live bar on a terminal; in a log file (CI) a plain line about every 10% instead.
     interactive = sys.stderr.isatty()
     bar = tqdm(
         total=total_steps,
+        initial=state.step,
         desc="train",
         disable=not (accelerator.is_local_main_process and interactive),
         dynamic_ncols=True,
         leave=False,
     )
     plain_every = max(spec.log_every, total_steps // 10)
-    last_plain = 0
+    last_plain = state.step
     started = time.perf_counter()
-    window_start, window_examples, window_tokens = started, 0, 0
-    loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
-    loss_count = 0
-    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    window_start = started
     accumulation = spec.gradient_accumulation_steps
     last_group = len(train_dl) % accumulation or accumulation
     last_group_start = len(train_dl) - last_group if last_group != accumulation else len(train_dl)
-    for epoch in range(num_epochs):
+    stopper = _StopOnSignal(accelerator)
+    for epoch in range(start_epoch, num_epochs if state.step < total_steps else start_epoch):
         state.epoch = epoch
-        # Through the prepared loader: Accelerate re-seeds the sampler with its own epoch counter on
-        # every iteration, so the counter itself must be set (it matters once training resumes).
-        # With several processes the sampler sits inside Accelerate's shard wrapper, out of its reach.
-        if hasattr(train_dl, "set_epoch"):
-            train_dl.set_epoch(epoch)
+        # Accelerate re-seeds the sampler with the loader's own epoch counter on every iteration, so
+        # the counter itself is set; with several processes the sampler sits inside Accelerate's shard
+        # wrapper, out of its reach, so it is set directly too.
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        for dl in {id(train_dl): train_dl, id(loader): loader}.values():
+            if hasattr(dl, "set_epoch"):
+                dl.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        for batch_index, batch in enumerate(train_dl):
+        for batch_index, batch in enumerate(loader, start=skip):
+            state.batches_in_epoch = batch_index + 1
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
+                # One sync per step: a non-finite loss must stop (or be skipped) before it reaches the
+                # weights, so that no checkpoint ever holds them.
+                if not torch.isfinite(loss.detach()).item():
+                    if spec.on_nonfinite_loss == "stop":
+                        raise TrainingError(
+                            f"loss is {loss.item()} at step {state.step + 1} (epoch {epoch}, batch {batch_index}); "
+                            "lower train.lr or check the data. The last checkpoint is intact; "
+                            "train.on_nonfinite_loss: skip drops such batches instead"
+                        )
+                    state.skipped_nonfinite += 1
+                    log.warning("skipped a batch with loss %s at step %d", loss.item(), state.step + 1)
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
                 # backward() divides by gradient_accumulation_steps; the epoch's last group may hold fewer
                 # batches, and its step must still see their mean, not a fraction of it.
                 scale = accumulation / last_group if batch_index >= last_group_start else 1.0
                 accelerator.backward(loss * scale if scale != 1.0 else loss)
+                _fault("step", state.step + 1)  # test hook: die in the middle of a step
                 if accelerator.sync_gradients and spec.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                 optimizer.step()
@@ -392,11 +445,6 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
                     "examples_per_s": window_examples * accelerator.num_processes / elapsed,
                     "tokens_per_s": window_tokens / elapsed,
                 }
-                if not math.isfinite(mean_loss):
-                    raise TrainingError(
-                        f"loss is {mean_loss} at step {state.step}; lower train.lr or check the "
-                        "data (the last checkpoint is intact)"
-                    )
                 record("train", values)
                 if not interactive and (state.step - last_plain >= plain_every or state.step == total_steps):
                     last_plain = state.step
@@ -425,8 +473,14 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
                 last_eval = run_eval()
             if isinstance(spec.save_every, int) and state.step % spec.save_every == 0:
                 save_checkpoint()
+            if stopper.requested() and state.step < total_steps:
+                if last_save_step != state.step:
+                    save_checkpoint()
+                stopper.restore()
+                raise TrainingInterrupted(stopper.signal_name, state.step)
             if stop or state.step >= total_steps:
                 break
+        skip = 0
         # End of an epoch (or of training): epoch-cadence evaluation and checkpoint; the final model is
         # always evaluated and saved, whatever the cadence.
         finished = stop or state.step >= total_steps
@@ -441,11 +495,12 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
         if stop or state.step >= total_steps:
             break
     bar.close()
+    stopper.restore()
     runtime = time.perf_counter() - started
     accelerator.wait_for_everyone()
 
     final = accelerator.unwrap_model(model)
-    validation = last_eval
+    validation = last_eval or (_best_eval(metrics_log, state.step) if eval_dl is not None else {})
     if eval_dl is not None and state.best_step is not None and state.best_step != state.step:
         log.info(
             "loading the best model: step %d, %s %.4f", state.best_step, metric_for_best, state.best_metric
@@ -455,6 +510,87 @@ def fit(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accele
         validation = _best_eval(metrics_log, state.best_step)
     accelerator.free_memory()
     return FitResult(final, state, validation, runtime, metric_for_best if eval_dl is not None else None)
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGTERM / Ctrl-C: a checkpoint was saved at a step boundary; the run can be resumed."""
+
+    exit_code = 130
+
+    def __init__(self, signal_name: str, step: int, command: str | None = None) -> None:
+        how = f"`{command}`" if command else "the same command plus --resume"
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved; continue with {how}")
+        self.signal_name, self.step = signal_name, step
+
+
+class _StopOnSignal:
+    """Turns SIGTERM / SIGINT into a request to stop at the next step boundary (main thread only)."""
+
+    def __init__(self, accelerator) -> None:
+        import signal
+        import threading
+
+        self.accelerator, self.signal_name, self._previous = accelerator, "", {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        import signal
+
+        if self.signal_name:  # a second Ctrl-C: stop now, as the user insists
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        log.warning(
+            "%s: saving a checkpoint at the end of this step (again to stop at once)", self.signal_name
+        )
+
+    def requested(self) -> bool:
+        flag = bool(self.signal_name)
+        if self.accelerator.num_processes > 1:  # every process must stop at the same step
+            import torch
+
+            flag = bool(
+                self.accelerator.reduce(torch.tensor(int(flag), device=self.accelerator.device), "sum")
+            )
+            self.signal_name = self.signal_name or ("SIGTERM" if flag else "")
+        return flag
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _fault(point: str, step: int) -> None:
+    """Test hook: HFPIPE_FAULT=step:N or checkpoint:N kills this process (SIGKILL) at that point."""
+    import os
+
+    if os.environ.get("HFPIPE_FAULT") == f"{point}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _truncate_log(metrics_log: Path, step: int) -> None:
+    """Drop log records written after the checkpoint a run resumes from (they will be written again)."""
+    if not metrics_log.exists():
+        return
+    keep = [
+        line
+        for line in metrics_log.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    io.atomic_write_text(metrics_log, "".join(line + "\n" for line in keep))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (renamed into place, with its trainer_state.json), or None."""
+    root = Path(run_dir) / io.CHECKPOINTS
+    done = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
 def _best_eval(metrics_log: Path, step: int) -> dict:

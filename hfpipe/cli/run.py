@@ -18,6 +18,9 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")
     ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Fine-tune or pretrain according to RECIPE; writes a Hugging Face model directory to output_dir."""
@@ -28,7 +31,7 @@ def train(
         loaded = load_recipe(recipe, overrides or [])
         from hfpipe.api import train as run_train
 
-        run_dir = run_train(loaded, overwrite=overwrite)
+        run_dir = run_train(loaded, overwrite=overwrite, resume=resume)
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not per process
             _summary(run_dir)
 

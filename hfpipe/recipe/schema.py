@@ -239,6 +239,15 @@ class Train(Section):
         True, description="Batch examples of similar length together (less padding), in shuffled order."
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    resume: Literal["never", "auto"] = Field(
+        "never",
+        description="auto: continue from the newest complete checkpoint in output_dir, if any "
+        "(as `hfpipe train --resume`).",
+    )
+    on_nonfinite_loss: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A NaN / inf loss stops training (the last checkpoint stays intact) or skips the batch.",
+    )
 
     @model_validator(mode="after")
     def _cadence(self) -> Train:
