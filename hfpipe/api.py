@@ -104,6 +104,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             "runtime_s": round(result.train_runtime, 2),
             "examples": len(splits["train"]),
             "processes": accelerator.num_processes,
+            "skipped_nonfinite_batches": result.state.skipped_nonfinite,
         },
         "metric_for_best": result.metric_for_best,
         "best_step": result.state.best_step,

@@ -397,7 +397,7 @@ def fit(
         for batch_index, batch in enumerate(loader, start=skip):
             state.batches_in_epoch = batch_index + 1
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = _nan_fault(model(**batch).loss, state.step + 1)
                 # One sync per step: a non-finite loss must stop (or be skipped) before it reaches the
                 # weights, so that no checkpoint ever holds them.
                 if not torch.isfinite(loss.detach()).item():
@@ -565,13 +565,33 @@ class _StopOnSignal:
 
 
 def _fault(point: str, step: int) -> None:
-    """Test hook: HFPIPE_FAULT=step:N or checkpoint:N kills this process (SIGKILL) at that point."""
+    """Test hook, off unless HFPIPE_FAULT is set: `step:N` / `checkpoint:N` SIGKILL this process in the
+    middle of step N / of writing checkpoint N; `sigterm:N` sends it SIGTERM during step N."""
     import os
 
-    if os.environ.get("HFPIPE_FAULT") == f"{point}:{step}":
-        import signal
+    fault = os.environ.get("HFPIPE_FAULT")
+    if not fault:
+        return
+    import signal
 
+    if fault == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if point == "step" and fault == f"sigterm:{step}":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_NAN_FIRED: set[str] = set()
+
+
+def _nan_fault(loss, step: int):
+    """Test hook: HFPIPE_FAULT=nan:N makes one loss of step N NaN (once per process)."""
+    import os
+
+    fault = os.environ.get("HFPIPE_FAULT")
+    if fault == f"nan:{step}" and fault not in _NAN_FIRED:
+        _NAN_FIRED.add(fault)
+        return loss * float("nan")
+    return loss
 
 
 def _truncate_log(metrics_log: Path, step: int) -> None:

@@ -1,0 +1,212 @@
+"""Crash safety: killed at any moment (SIGKILL mid-step or mid-checkpoint, SIGTERM) and resumed, a run ends
+with the metrics of an unbroken one; non-finite losses stop or are skipped; checkpoints stay whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import RECIPES, TINY
+
+RECIPE = [
+    *TINY,
+    "data.builtin.train_size=256",
+    "data.builtin.validation_size=64",
+    "data.builtin.test_size=64",
+    "train.epochs=2",
+    "train.save_every=5",
+    "train.eval_every=8",
+    "train.log_every=2",
+    "train.save_total_limit=3",
+]  # 16 steps an epoch, 32 in all
+
+
+def hfpipe(out, *extra, fault=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HFPIPE_FAULT", None)
+    if fault:
+        env["HFPIPE_FAULT"] = fault
+    cmd = [
+        sys.executable,
+        "-m",
+        "hfpipe",
+        "train",
+        str(RECIPES / "quickstart.yaml"),
+        *RECIPE,
+        f"output_dir={out}",
+        *extra,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def losses(run):
+    return [
+        (r["step"], r["loss"])
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "train"
+    ]
+
+
+def evals(run):
+    return [
+        {k: v for k, v in r.items() if k.startswith("eval_") or k == "step"}
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "eval"
+    ]
+
+
+def assert_same_run(a, b):
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    for split in ("validation", "test"):
+        for key, value in ma[split].items():
+            assert mb[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+    assert ma["best_step"] == mb["best_step"] and ma["train"]["steps"] == mb["train"]["steps"]
+    assert [s for s, _ in losses(a)] == [s for s, _ in losses(b)]
+    for (_, x), (_, y) in zip(losses(a), losses(b), strict=True):
+        assert y == pytest.approx(x, abs=1e-6)
+    assert len(evals(a)) == len(evals(b))
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    out = tmp_path_factory.mktemp("unbroken") / "run"
+    done = hfpipe(out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_killed_anywhere_and_resumed_equals_unbroken(unbroken, tmp_path):
+    out = tmp_path / "run"
+    # SIGKILL: in a step of epoch 1, while writing checkpoint 10, in epoch 2 just after a checkpoint,
+    # and in the last steps. Each time the same command with --resume picks up.
+    crashes = ["step:7", "checkpoint:10", "step:16", "step:21", "step:31"]
+    for i, fault in enumerate(crashes):
+        done = hfpipe(out, *(["--resume"] if i else []), fault=fault)
+        assert done.returncode == -signal.SIGKILL, (fault, done.stderr[-2000:])
+        if fault == "checkpoint:10":
+            assert (out / "checkpoints" / ".tmp-step-0000010").exists()  # cut short, mid-write
+            assert not (out / "checkpoints" / "step-0000010").exists()
+        assert not (out / "config.json").exists()
+    done = hfpipe(out, "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from step-0000030" in done.stderr
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert_same_run(unbroken, out)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_finishes_the_same(unbroken, tmp_path):
+    out = tmp_path / "run"
+    done = hfpipe(out, fault="sigterm:12")
+    assert done.returncode == 130
+    message = done.stderr.strip().splitlines()[-1]
+    assert (
+        message.startswith("SIGTERM at step 12: checkpoint saved; continue with `") and "--resume`" in message
+    )
+    assert (out / "checkpoints" / "step-0000012" / "trainer_state.json").exists()
+    done = hfpipe(out, "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(unbroken, out)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cli):
+    from hfpipe import runner
+
+    runner._NAN_FIRED.clear()
+    out = tmp_path / "run"
+    os.environ["HFPIPE_FAULT"] = "nan:7"
+    try:
+        result = cli("train", RECIPES / "quickstart.yaml", *RECIPE, f"output_dir={out}")
+    finally:
+        del os.environ["HFPIPE_FAULT"]
+    assert result.exit_code == 4
+    assert "loss is nan at step 7" in result.output and "last checkpoint is intact" in result.output
+    state = json.loads((out / "checkpoints" / "step-0000005" / "trainer_state.json").read_text())
+    assert state["step"] == 5 and not (out / "checkpoints" / "step-0000007").exists()
+
+
+def test_nonfinite_loss_skip(tmp_path):
+    from hfpipe import runner
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    runner._NAN_FIRED.clear()
+    os.environ["HFPIPE_FAULT"] = "nan:3"
+    try:
+        run = train(
+            load_recipe(
+                RECIPES / "quickstart.yaml",
+                [
+                    *RECIPE,
+                    "train.on_nonfinite_loss=skip",
+                    "train.max_steps=6",
+                    f"output_dir={tmp_path / 'run'}",
+                ],
+            )
+        )
+    finally:
+        del os.environ["HFPIPE_FAULT"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["skipped_nonfinite_batches"] == 1 and metrics["train"]["steps"] == 6
+    assert all(loss == loss for _, loss in losses(run))  # no NaN reached the logs
+
+
+def test_resume_refuses_a_changed_recipe_and_a_missing_checkpoint(tmp_path, cli):
+    out = tmp_path / "run"
+    assert (
+        cli("train", RECIPES / "quickstart.yaml", *RECIPE, "train.max_steps=5", f"output_dir={out}").exit_code
+        == 0
+    )
+    result = cli(
+        "train",
+        RECIPES / "quickstart.yaml",
+        *RECIPE,
+        "train.max_steps=5",
+        "data.max_length=32",
+        f"output_dir={out}",
+        "--resume",
+    )
+    assert result.exit_code == 2 and "resuming needs the same data" in result.output
+    bare = tmp_path / "bare"
+    assert (
+        cli(
+            "train",
+            RECIPES / "quickstart.yaml",
+            *RECIPE,
+            "train.max_steps=2",
+            "train.save_every=never",
+            f"output_dir={bare}",
+        ).exit_code
+        == 0
+    )
+    result = cli(
+        "train",
+        RECIPES / "quickstart.yaml",
+        *RECIPE,
+        "train.save_every=never",
+        f"output_dir={bare}",
+        "--resume",
+    )
+    assert result.exit_code == 4 and "no complete checkpoint" in result.output
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path):
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    recipe = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [*RECIPE, "train.resume=auto", "train.max_steps=5", f"output_dir={tmp_path / 'run'}"],
+    )
+    run = train(recipe)  # nothing to resume: a fresh start
+    longer = load_recipe(
+        RECIPES / "quickstart.yaml",
+        [*RECIPE, "train.resume=auto", "train.max_steps=10", f"output_dir={tmp_path / 'run'}"],
+    )
+    train(longer)  # the train section may change: continue from step 5 to 10
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 10
