@@ -128,10 +128,16 @@ def _load_file(path: str, fmt: str, file_index: int):
         "parquet": ("parquet", {}),
         "text": ("text", {}),
     }[fmt]
+    # The builders log their own error (with a traceback) before raising: hfpipe reports it on one line.
+    builder_log = logging.getLogger("datasets")
+    level = builder_log.level
+    builder_log.setLevel(logging.CRITICAL)
     try:
         ds = datasets.load_dataset(builder, data_files={"data": path}, split="data", **kwargs)
     except Exception as exc:  # the builders raise many types; find the real cause in the file
         raise _diagnose(path, fmt, exc) from None
+    finally:
+        builder_log.setLevel(level)
     if len(ds) == 0:
         raise DataError("file has no rows", file=shown)
     ds = ds.add_column(ROW, list(range(len(ds))))
@@ -167,6 +173,7 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
         quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
         reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting)
         header = next(reader, None) or []
+        rows = 0
         for number, row in enumerate(reader, start=2):
             if row and len(row) != len(header):
                 return DataError(
@@ -174,6 +181,9 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
                     file=shown,
                     line=number,
                 )
+            rows += bool(row)
+        if not rows:
+            return DataError("file has no rows (only a header)", file=shown)
     cause = str(exc).strip().splitlines()
     detail = cause[-1] if cause else type(exc).__name__
     return DataError(f"cannot read as {fmt}: {detail[:300]}", file=shown)

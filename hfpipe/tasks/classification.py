@@ -40,8 +40,8 @@ def _label_kind(raw, recipe, split: str = "train") -> str:
     # A column pandas could not type (e.g. ints and words mixed in a csv) lands here as strings;
     # anything else is a mixed or nested column.
     raise DataError(
-        f"column {column!r} has type {dtype or feature}; labels must be class names, "
-        "int ids or floats (all of one type)",
+        f"column {column!r} mixes value types ({dtype or type(feature).__name__}); labels must be all class "
+        "names, all int ids or all floats",
         **raw.where(split),
     )
 
