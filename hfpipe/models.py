@@ -57,6 +57,13 @@ def _check_config_keys(config_class, keys, where: str) -> None:
             )
 
 
+def _has_pickle_weights(name_or_path: str) -> bool:
+    from pathlib import Path
+
+    folder = Path(name_or_path)
+    return folder.is_dir() and any(folder.glob("*.bin")) or folder.is_dir() and any(folder.glob("*.pt"))
+
+
 def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
     """The model for `recipe` with the task's head; config values from the recipe, then the head's."""
     import transformers
@@ -110,8 +117,15 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             trust_remote_code=spec.trust_remote_code,
             # A new label set (or a checkpoint of another head) gets a freshly initialised head.
             ignore_mismatched_sizes=True,
+            use_safetensors=None if spec.allow_pickle_weights else True,
         )
     except (OSError, ValueError) as exc:
+        if not spec.allow_pickle_weights and _has_pickle_weights(spec.name_or_path):
+            raise RecipeError(
+                f"{spec.name_or_path} has only pickle weights (*.bin / *.pt), which can run code when loaded; "
+                "convert them to safetensors, or set model.allow_pickle_weights: true for a checkpoint you trust",
+                key="model.name_or_path",
+            ) from None
         raise RecipeError(
             f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
         ) from None

@@ -42,6 +42,11 @@ class Model(Section):
     trust_remote_code: bool = Field(
         False, description="Allow the checkpoint to run its own Python code. Off unless set here."
     )
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Load a checkpoint that has only pickle weights (*.bin / *.pt). Off: unpickling can run "
+        "code, so only safetensors load unless this is set for a checkpoint you trust.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Model:
