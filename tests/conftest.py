@@ -63,6 +63,13 @@ def tiny_run(tmp_path_factory) -> Path:
     return train(recipe, command="pytest tiny_run")
 
 
+def tiny_recipe(tmp_path: Path, *overrides: str, out: str = "run"):
+    """The quickstart recipe shrunk by TINY, with `overrides`, writing to tmp_path / out."""
+    from hfpipe.recipe import load_recipe
+
+    return load_recipe(RECIPES / "quickstart.yaml", [*TINY, *overrides, f"output_dir={tmp_path / out}"])
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

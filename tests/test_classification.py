@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from conftest import RECIPES, TINY, write
+from conftest import RECIPES, tiny_recipe, write
 
 from hfpipe.api import evaluate_run, predict_run, train
 from hfpipe.errors import DataError
@@ -30,7 +30,7 @@ def test_run_directory_is_a_hugging_face_model_directory(tiny_run):
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["label2id"] == {"negative": 0, "positive": 1}
     card = (tiny_run / "README.md").read_text()
-    assert "pipeline_tag: text-classification" in card and "hfpipe train" not in card or True
+    assert "pipeline_tag: text-classification" in card
     assert "pytest tiny_run" in card and "| test | accuracy |" in card
 
 
@@ -50,16 +50,8 @@ def _simple_sentiment_csv(path, n, seed):
 def test_training_learns(tmp_path):
     train_file = _simple_sentiment_csv(tmp_path / "train.csv", 512, 0)
     val_file = _simple_sentiment_csv(tmp_path / "val.csv", 128, 1)
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [
-            *TINY,
-            "~data.builtin",
-            f"data.train={train_file}",
-            f"data.validation={val_file}",
-            "train.epochs=4",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    recipe = tiny_recipe(
+        tmp_path, "~data.builtin", f"data.train={train_file}", f"data.validation={val_file}", "train.epochs=4"
     )
     run = train(recipe)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -140,20 +132,17 @@ def _pairs_csv(path, n, seed):
 def test_sentence_pairs(tmp_path):
     train_file = _pairs_csv(tmp_path / "pairs_train.csv", 512, 0)
     val_file = _pairs_csv(tmp_path / "pairs_val.csv", 64, 1)
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [
-            *TINY,
-            "~data.builtin",
-            f"data.train={train_file}",
-            f"data.validation={val_file}",
-            "data.columns.text=first",
-            "data.columns.text_pair=second",
-            "data.columns.label=same",
-            "train.epochs=12",
-            "train.warmup_ratio=0.1",  # a pair task needs cross-attention: warm up, then more epochs
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    recipe = tiny_recipe(
+        tmp_path,
+        "~data.builtin",
+        f"data.train={train_file}",
+        f"data.validation={val_file}",
+        "data.columns.text=first",
+        "data.columns.text_pair=second",
+        "data.columns.label=same",
+        "train.epochs=12",
+        # a pair task needs cross-attention: warm up, then more epochs
+        "train.warmup_ratio=0.1",
     )
     run = train(recipe)
     config = json.loads((run / "config.json").read_text())
@@ -179,17 +168,13 @@ def test_regression_on_float_labels(tmp_path):
         w = rng.choice(list(words))
         rows.append(f"the show was {w} today,{words[w] + rng.uniform(-0.2, 0.2):.3f}")
     data = write(tmp_path / "scores.csv", "\n".join(rows) + "\n")
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [
-            *TINY,
-            "~data.builtin",
-            f"data.train={data}",
-            "data.validation_fraction=0.2",
-            "data.columns.label=score",
-            "train.epochs=8",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    recipe = tiny_recipe(
+        tmp_path,
+        "~data.builtin",
+        f"data.train={data}",
+        "data.validation_fraction=0.2",
+        "data.columns.label=score",
+        "train.epochs=8",
     )
     run = train(recipe)
     config = json.loads((run / "config.json").read_text())
@@ -208,16 +193,8 @@ def test_int_labels_index_the_label_list(tmp_path):
             json.dumps({"text": t, "label": i}) + "\n" for t, i in [("bad film", 0), ("good film", 1)] * 40
         ),
     )
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [
-            *TINY,
-            "~data.builtin",
-            f"data.train={data}",
-            "data.labels=[neg, pos]",
-            "train.max_steps=2",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    recipe = tiny_recipe(
+        tmp_path, "~data.builtin", f"data.train={data}", "data.labels=[neg, pos]", "train.max_steps=2"
     )
     run = train(recipe)
     assert json.loads((run / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
@@ -262,10 +239,7 @@ def test_int_labels_index_the_label_list(tmp_path):
 )
 def test_bad_data_is_a_one_line_error_with_location(tmp_path, name, content, overrides, fragment, line):
     path = write(tmp_path / name, content)
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [*TINY, "~data.builtin", f"data.train={path}", *overrides, f"output_dir={tmp_path / 'run'}"],
-    )
+    recipe = tiny_recipe(tmp_path, "~data.builtin", f"data.train={path}", *overrides)
     with pytest.raises(DataError) as info:
         train(recipe)
     err = info.value
@@ -278,20 +252,14 @@ def test_bad_data_is_a_one_line_error_with_location(tmp_path, name, content, ove
 def test_non_utf8_data_names_the_line(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"text,label\ngood,positive\ncaf\xe9 bad,negative\n")
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [*TINY, "~data.builtin", f"data.train={path}", f"output_dir={tmp_path / 'run'}"],
-    )
+    recipe = tiny_recipe(tmp_path, "~data.builtin", f"data.train={path}")
     with pytest.raises(DataError) as info:
         train(recipe)
     assert "not UTF-8" in info.value.message and info.value.line == 3
 
 
 def test_missing_data_file(tmp_path):
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [*TINY, "~data.builtin", f"data.train={tmp_path / 'nope.csv'}", f"output_dir={tmp_path / 'run'}"],
-    )
+    recipe = tiny_recipe(tmp_path, "~data.builtin", f"data.train={tmp_path / 'nope.csv'}")
     with pytest.raises(DataError, match="file not found"):
         train(recipe)
 
@@ -319,19 +287,15 @@ def test_fine_tune_from_a_previous_run_with_new_labels(tiny_run, tmp_path):
         f"the {w} film,{lab}" for w, lab in [("great", "good"), ("dull", "bad"), ("odd", "meh")] * 30
     ]
     data = write(tmp_path / "three.csv", "\n".join(rows) + "\n")
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [
-            *TINY,
-            "~model.architecture",
-            "~model.config",
-            "~tokenizer.train",
-            f"model.name_or_path={tiny_run}",
-            "~data.builtin",
-            f"data.train={data}",
-            "train.max_steps=4",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    recipe = tiny_recipe(
+        tmp_path,
+        "~model.architecture",
+        "~model.config",
+        "~tokenizer.train",
+        f"model.name_or_path={tiny_run}",
+        "~data.builtin",
+        f"data.train={data}",
+        "train.max_steps=4",
     )
     assert recipe.tokenizer.train is None
     run = train(recipe)
@@ -373,16 +337,8 @@ def test_truncation_is_counted_in_the_log(tmp_path, caplog):
             for i in range(40)
         ),
     )
-    recipe = load_recipe(
-        RECIPES / "quickstart.yaml",
-        [
-            *TINY,
-            "~data.builtin",
-            f"data.train={data}",
-            "data.max_length=16",
-            "train.max_steps=1",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    recipe = tiny_recipe(
+        tmp_path, "~data.builtin", f"data.train={data}", "data.max_length=16", "train.max_steps=1"
     )
     with caplog.at_level(logging.INFO, logger="hfpipe"):
         train(recipe)

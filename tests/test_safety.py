@@ -8,15 +8,13 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import RECIPES, ROOT, TINY, write
+from conftest import RECIPES, ROOT, TINY, tiny_recipe, write
 
 from hfpipe.api import train
 from hfpipe.errors import DataError, RecipeError, TrainingError
 from hfpipe.recipe import load_recipe
 
-
-def tiny(tmp_path, *overrides, out="run"):
-    return load_recipe(RECIPES / "quickstart.yaml", [*TINY, *overrides, f"output_dir={tmp_path / out}"])
+tiny = tiny_recipe
 
 
 def _fingerprint(folder):
