@@ -101,6 +101,7 @@ class TrainState:
     examples_seen: int = 0
     tokens_seen: int = 0
     skipped_nonfinite: int = 0
+    stopped: bool = False  # early stopping decided: a resumed run has nothing left to train
     # The unlogged part of the current logging window, so a resumed run logs what an unbroken one would.
     window_loss_sum: float = 0.0
     window_loss_count: int = 0
@@ -352,6 +353,7 @@ def fit(
         tokens += state.window_tokens
         loss_count, window_examples = state.window_loss_count, state.window_examples
         last_eval_step = last_save_step = state.step
+        stop = state.stopped
         _truncate_log(metrics_log, state.step)
         log.info(
             "resumed from %s: step %d of %d, epoch %d, batch %d",
@@ -384,118 +386,136 @@ def fit(
     last_group = len(train_dl) % accumulation or accumulation
     last_group_start = len(train_dl) - last_group if last_group != accumulation else len(train_dl)
     stopper = _StopOnSignal(accelerator)
-    for epoch in range(start_epoch, num_epochs if state.step < total_steps else start_epoch):
-        state.epoch = epoch
-        # Accelerate re-seeds the sampler with the loader's own epoch counter on every iteration, so
-        # the counter itself is set; with several processes the sampler sits inside Accelerate's shard
-        # wrapper, out of its reach, so it is set directly too.
-        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-        for dl in {id(train_dl): train_dl, id(loader): loader}.values():
-            if hasattr(dl, "set_epoch"):
-                dl.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        for batch_index, batch in enumerate(loader, start=skip):
-            state.batches_in_epoch = batch_index + 1
-            with accelerator.accumulate(model):
-                loss = _nan_fault(model(**batch).loss, state.step + 1)
-                # One sync per step: a non-finite loss must stop (or be skipped) before it reaches the
-                # weights, so that no checkpoint ever holds them.
-                if not torch.isfinite(loss.detach()).item():
-                    if spec.on_nonfinite_loss == "stop":
-                        raise TrainingError(
-                            f"loss is {loss.item()} at step {state.step + 1} (epoch {epoch}, batch {batch_index}); "
-                            "lower train.lr or check the data. The last checkpoint is intact; "
-                            "train.on_nonfinite_loss: skip drops such batches instead"
-                        )
-                    state.skipped_nonfinite += 1
-                    log.warning("skipped a batch with loss %s at step %d", loss.item(), state.step + 1)
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                # backward() divides by gradient_accumulation_steps; the epoch's last group may hold fewer
-                # batches, and its step must still see their mean, not a fraction of it.
-                scale = accumulation / last_group if batch_index >= last_group_start else 1.0
-                accelerator.backward(loss * scale if scale != 1.0 else loss)
-                _fault("step", state.step + 1)  # test hook: die in the middle of a step
-                if accelerator.sync_gradients and spec.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            loss_count += 1
-            tokens += (
-                batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-            )
-            window_examples += batch["input_ids"].shape[0]
-            if not accelerator.sync_gradients:
-                continue  # still accumulating
-            state.step += 1
-            state.epoch_float = epoch + (batch_index + 1) / len(train_dl)
-            bar.update(1)
 
-            if state.step % spec.log_every == 0 or state.step == total_steps:
-                # Averaged / summed over processes; .item() syncs: only here, every log_every steps.
-                mean_loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
-                window_tokens = int(accelerator.reduce(tokens, "sum").item())
-                now = time.perf_counter()
-                elapsed = max(now - window_start, 1e-9)
-                values = {
-                    "loss": mean_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "examples_per_s": window_examples * accelerator.num_processes / elapsed,
-                    "tokens_per_s": window_tokens / elapsed,
-                }
-                record("train", values)
-                if not interactive and (state.step - last_plain >= plain_every or state.step == total_steps):
-                    last_plain = state.step
-                    log.info(
-                        "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
-                        state.step,
-                        total_steps,
-                        mean_loss,
-                        values["lr"],
-                        values["tokens_per_s"],
-                    )
-                bar.set_postfix(
-                    loss=f"{mean_loss:.4f}",
-                    lr=f"{values['lr']:.2e}",
-                    tok_s=f"{values['tokens_per_s']:.0f}",
-                    refresh=False,
-                )
-                state.examples_seen += window_examples
-                state.tokens_seen += window_tokens
-                loss_sum.zero_()
-                tokens.zero_()
-                loss_count, window_examples = 0, 0
-                window_start = now
-
-            if eval_dl is not None and isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0:
-                last_eval = run_eval()
-            if isinstance(spec.save_every, int) and state.step % spec.save_every == 0:
-                save_checkpoint()
-            if stopper.requested() and state.step < total_steps:
-                if last_save_step != state.step:
-                    save_checkpoint()
-                stopper.restore()
-                raise TrainingInterrupted(stopper.signal_name, state.step)
-            if stop or state.step >= total_steps:
-                break
-        skip = 0
-        # End of an epoch (or of training): epoch-cadence evaluation and checkpoint; the final model is
-        # always evaluated and saved, whatever the cadence.
-        finished = stop or state.step >= total_steps
-        if eval_dl is not None and last_eval_step != state.step and (spec.eval_every == "epoch" or finished):
-            last_eval = run_eval()
-        if (
-            spec.save_every != "never"
-            and last_save_step != state.step
-            and (spec.save_every == "epoch" or finished)
-        ):
+    def stop_on_signal() -> None:
+        if last_save_step != state.step:
             save_checkpoint()
-        if stop or state.step >= total_steps:
-            break
+        raise TrainingInterrupted(stopper.signal_name, state.step)
+
+    try:
+        for epoch in range(start_epoch, num_epochs if state.step < total_steps and not stop else start_epoch):
+            state.epoch = epoch
+            # Accelerate re-seeds the sampler with the loader's own epoch counter on every iteration, so
+            # the counter itself is set; with several processes the sampler sits inside Accelerate's shard
+            # wrapper, out of its reach, so it is set directly too.
+            loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+            for dl in {id(train_dl): train_dl, id(loader): loader}.values():
+                if hasattr(dl, "set_epoch"):
+                    dl.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            for batch_index, batch in enumerate(loader, start=skip):
+                state.batches_in_epoch = batch_index + 1
+                with accelerator.accumulate(model):
+                    loss = _nan_fault(model(**batch).loss, state.step + 1)
+                    # One sync per step: a non-finite loss must stop (or be skipped) before it reaches the
+                    # weights, so that no checkpoint ever holds them.
+                    if not torch.isfinite(loss.detach()).item():
+                        if spec.on_nonfinite_loss == "stop":
+                            raise TrainingError(
+                                f"loss is {loss.item()} at step {state.step + 1} (epoch {epoch}, batch {batch_index}); "
+                                "lower train.lr or check the data. The last checkpoint is intact; "
+                                "train.on_nonfinite_loss: skip drops such batches instead"
+                            )
+                        state.skipped_nonfinite += 1
+                        log.warning("skipped a batch with loss %s at step %d", loss.item(), state.step + 1)
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                    # backward() divides by gradient_accumulation_steps; the epoch's last group may hold fewer
+                    # batches, and its step must still see their mean, not a fraction of it.
+                    scale = accumulation / last_group if batch_index >= last_group_start else 1.0
+                    accelerator.backward(loss * scale if scale != 1.0 else loss)
+                    _fault("step", state.step + 1)  # test hook: die in the middle of a step
+                    if accelerator.sync_gradients and spec.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                loss_count += 1
+                tokens += (
+                    batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+                )
+                window_examples += batch["input_ids"].shape[0]
+                if not accelerator.sync_gradients:
+                    continue  # still accumulating
+                state.step += 1
+                state.epoch_float = epoch + (batch_index + 1) / len(train_dl)
+                bar.update(1)
+
+                if state.step % spec.log_every == 0 or state.step == total_steps:
+                    # Averaged / summed over processes; .item() syncs: only here, every log_every steps.
+                    mean_loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
+                    window_tokens = int(accelerator.reduce(tokens, "sum").item())
+                    now = time.perf_counter()
+                    elapsed = max(now - window_start, 1e-9)
+                    values = {
+                        "loss": mean_loss,
+                        "lr": scheduler.get_last_lr()[0],
+                        "examples_per_s": window_examples * accelerator.num_processes / elapsed,
+                        "tokens_per_s": window_tokens / elapsed,
+                    }
+                    record("train", values)
+                    if not interactive and (
+                        state.step - last_plain >= plain_every or state.step == total_steps
+                    ):
+                        last_plain = state.step
+                        log.info(
+                            "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
+                            state.step,
+                            total_steps,
+                            mean_loss,
+                            values["lr"],
+                            values["tokens_per_s"],
+                        )
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}",
+                        lr=f"{values['lr']:.2e}",
+                        tok_s=f"{values['tokens_per_s']:.0f}",
+                        refresh=False,
+                    )
+                    state.examples_seen += window_examples
+                    state.tokens_seen += window_tokens
+                    loss_sum.zero_()
+                    tokens.zero_()
+                    loss_count, window_examples = 0, 0
+                    window_start = now
+
+                if (
+                    eval_dl is not None
+                    and isinstance(spec.eval_every, int)
+                    and state.step % spec.eval_every == 0
+                ):
+                    last_eval = run_eval()
+                if stop or state.step >= total_steps or batch_index + 1 == len(train_dl):
+                    break  # an epoch's (or the run's) last step: evaluate first, then save, below
+                if isinstance(spec.save_every, int) and state.step % spec.save_every == 0:
+                    save_checkpoint()
+                if stopper.requested():
+                    stop_on_signal()
+            skip = 0
+            # End of an epoch (or of training). Evaluation comes before the checkpoint, so that a run resumed
+            # from it knows this evaluation. The final model is always evaluated and saved.
+            finished = stop or state.step >= total_steps or epoch == num_epochs - 1
+            state.stopped = stop
+            if (
+                eval_dl is not None
+                and last_eval_step != state.step
+                and (spec.eval_every == "epoch" or finished)
+            ):
+                last_eval = run_eval()
+                state.stopped = stop
+            due = spec.save_every == "epoch" or (
+                isinstance(spec.save_every, int) and state.step % spec.save_every == 0
+            )
+            if spec.save_every != "never" and last_save_step != state.step and (due or finished):
+                save_checkpoint()
+            if finished:
+                break
+            if stopper.requested():
+                stop_on_signal()
+    finally:
+        stopper.restore()  # also when training stops with an error
     bar.close()
-    stopper.restore()
     runtime = time.perf_counter() - started
     accelerator.wait_for_everyone()
 
@@ -613,10 +633,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
+def _log_records(metrics_log: Path) -> list[tuple[str, dict]]:
+    """(line, record) of metrics.jsonl; a line cut short by a crash is skipped."""
+    out = []
+    for line in metrics_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def _best_eval(metrics_log: Path, step: int) -> dict:
     best = {}
-    for line in metrics_log.read_text().splitlines():
-        rec = json.loads(line)
+    for _, rec in _log_records(metrics_log):
         if rec.get("type") == "eval" and rec.get("step") == step:
             best = {k.removeprefix("eval_"): v for k, v in rec.items() if k.startswith("eval_")}
     return best
