@@ -49,6 +49,9 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
 
     # Everything that can reject the input runs before the output directory is touched.
     resume_from = _resume_point(recipe, explicit=resume, overwrite=overwrite)
+    restart = resume_from is RESTART
+    if restart:
+        resume_from = None
     raw = load_raw(recipe)
     head_kwargs = task.configure(raw, recipe)
     if resume_from is not None:
@@ -75,8 +78,10 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     protected = [recipe.source or ""] + [f for f in raw.files]
     if main and resume_from is None:
         io.prepare_output_dir(
-            recipe.output_dir, overwrite=overwrite, protected=tuple(p for p in protected if p)
+            recipe.output_dir, overwrite=overwrite or restart, protected=tuple(p for p in protected if p)
         )
+        io.write_json(Path(recipe.output_dir) / DATA_FINGERPRINT, data_fingerprint(recipe))
+    if main:  # on resume too: the train section may have changed (e.g. more steps)
         io.atomic_write_text(Path(recipe.output_dir) / io.RECIPE, dump_recipe(recipe))
     accelerator.wait_for_everyone()
     run_dir = Path(recipe.output_dir).resolve()
@@ -93,7 +98,8 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             resume_from=resume_from,
         )
     except TrainingInterrupted as exc:
-        resume_command = command if "--resume" in command.split() else f"{command} --resume"
+        words = [w for w in command.split() if w != "--overwrite"]
+        resume_command = " ".join(words if "--resume" in words else [*words, "--resume"])
         raise TrainingInterrupted(exc.signal_name, exc.step, resume_command) from None
 
     metrics: dict = {
@@ -127,6 +133,9 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
 
 # Sections that define what is trained; resuming with any of them changed would mix two runs.
 _RUN_DEFINING = ("task", "model", "tokenizer", "data")
+# Settings that decide which example comes in which step: a resumed run must keep them.
+_ORDER_DEFINING = ("batch_size", "gradient_accumulation_steps", "seed", "group_by_length")
+RESTART = Path("/")  # sentinel of _resume_point: start again in our own unfinished run directory
 
 
 def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
@@ -137,13 +146,16 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
     from hfpipe.recipe.load import _read_yaml
     from hfpipe.runner import latest_checkpoint
 
-    if not (explicit or recipe.train.resume == "auto"):
-        return None
     if explicit and overwrite:
         raise TrainingError("--resume and --overwrite contradict each other; pick one")
+    if overwrite or not (explicit or recipe.train.resume == "auto"):
+        return None  # --overwrite wins over train.resume: auto
     run_dir = Path(recipe.output_dir).resolve()
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
+        if (run_dir / io.MARKER).exists() and not (run_dir / "config.json").exists():
+            log.warning("%s: the run stopped before its first checkpoint; starting it again", run_dir)
+            return RESTART
         if explicit and run_dir.is_dir() and any(run_dir.iterdir()):
             raise TrainingError(
                 f"{run_dir} holds no complete checkpoint to resume from (set train.save_every)",
@@ -153,6 +165,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
     saved, _ = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
     current = recipe.model_dump(mode="json")
     changed = [k for k in _RUN_DEFINING if saved.get(k) != current.get(k)]
+    changed += [f"train.{k}" for k in _ORDER_DEFINING if saved.get("train", {}).get(k) != current["train"][k]]
     if changed:
         raise RecipeError(
             f"changed since the run started; resuming needs the same {', '.join(changed)} "
@@ -160,9 +173,39 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
             file=str(run_dir / io.RECIPE),
             key=changed[0],
         )
-    for partial in (run_dir / io.CHECKPOINTS).glob(".tmp-*"):  # a checkpoint that a crash cut short
-        shutil.rmtree(partial, ignore_errors=True)
+    fingerprint = run_dir / DATA_FINGERPRINT
+    if fingerprint.exists():
+        import json
+
+        before = json.loads(fingerprint.read_text())
+        for path, digest in data_fingerprint(recipe).items():
+            if before.get(path) != digest:
+                raise DataError(
+                    "changed since the run started (its content hash differs); resuming needs the same data "
+                    "(or start a new run with --overwrite)",
+                    file=path,
+                )
+    for partial in [*(run_dir / io.CHECKPOINTS).glob(".tmp-*"), *(run_dir / io.CHECKPOINTS).glob(".old-*")]:
+        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint that a crash cut short
     return checkpoint
+
+
+DATA_FINGERPRINT = "data_fingerprint.json"
+
+
+def data_fingerprint(recipe) -> dict[str, str]:
+    """sha256 of every data file the recipe reads (built-in and Hub data are defined by the recipe)."""
+    import hashlib
+
+    files = []
+    for split in ("train", "validation", "test"):
+        value = getattr(recipe.data, split)
+        files += [value] if isinstance(value, str) else list(value or [])
+    out = {}
+    for path in files:
+        with open(path, "rb") as f:
+            out[path] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
 
 
 def _check_lengths(recipe, config) -> None:

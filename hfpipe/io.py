@@ -122,6 +122,8 @@ def write_json(path: Path, data) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(_jsonable(record)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_dir(final: Path, fill) -> Path:
@@ -146,9 +148,18 @@ def staging_dir(final: Path) -> Path:
     return tmp
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of `folder` to disk, so a rename never publishes data still in the page cache."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
 def commit_dir(tmp: Path, final: Path) -> Path:
     """Rename a finished staging directory to `final`, replacing what was there."""
     final = Path(final)
+    _fsync_tree(tmp)
     if final.exists():
         old = final.parent / f".old-{final.name}"
         if old.exists():

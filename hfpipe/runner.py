@@ -618,11 +618,7 @@ def _truncate_log(metrics_log: Path, step: int) -> None:
     """Drop log records written after the checkpoint a run resumes from (they will be written again)."""
     if not metrics_log.exists():
         return
-    keep = [
-        line
-        for line in metrics_log.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
+    keep = [line for line, record in _log_records(metrics_log) if record.get("step", 0) <= step]
     io.atomic_write_text(metrics_log, "".join(line + "\n" for line in keep))
 
 

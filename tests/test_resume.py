@@ -210,3 +210,75 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path):
     )
     train(longer)  # the train section may change: continue from step 5 to 10
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 10
+
+
+@pytest.mark.slow
+def test_signal_on_an_epochs_last_step_keeps_that_epochs_evaluation(tmp_path):
+    """The epoch-end evaluation comes before the epoch-end checkpoint, so the resumed run knows it."""
+    cadence = ["train.eval_every=epoch", "train.save_every=never", "train.epochs=3"]
+    base = tmp_path / "base"
+    assert hfpipe(base, *cadence).returncode == 0
+    out = tmp_path / "run"
+    done = hfpipe(out, *cadence, "--overwrite", fault="sigterm:16")
+    assert done.returncode == 130
+    assert "--overwrite" not in done.stderr.strip().splitlines()[-1]  # the suggested command must work
+    done = hfpipe(out, *cadence, "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(base, out)
+
+
+def test_killed_before_the_first_checkpoint_starts_again(tmp_path):
+    out = tmp_path / "run"
+    assert hfpipe(out, "train.max_steps=6", fault="step:3").returncode == -signal.SIGKILL
+    done = hfpipe(out, "train.max_steps=6", "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped before its first checkpoint" in done.stderr
+
+
+def test_early_stopping_survives_a_resume(tmp_path):
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    stop = [
+        *RECIPE,
+        "train.lr=1e-9",
+        "train.metric_for_best=loss",
+        "train.early_stopping_patience=1",
+        "train.early_stopping_threshold=1.0",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    run = train(load_recipe(RECIPES / "quickstart.yaml", stop))
+    steps = json.loads((run / "metrics.json").read_text())["train"]["steps"]
+    assert steps == 16  # best at 8, no improvement at 16
+    train(load_recipe(RECIPES / "quickstart.yaml", stop), resume=True)
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == steps
+
+
+def test_resume_guards(tmp_path, cli):
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "a good film,pos\na dull film,neg\n" * 20)
+    common = [
+        *RECIPE,
+        "~data.builtin",
+        f"data.train={data}",
+        "train.max_steps=5",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    run = train(load_recipe(RECIPES / "quickstart.yaml", common))
+    # a cut-short last line in the log does not block a resume
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"type": "train", "st')
+    train(load_recipe(RECIPES / "quickstart.yaml", common), resume=True)
+    # a different batch size would replay or skip examples
+    result = cli("train", RECIPES / "quickstart.yaml", *common, "train.batch_size=8", "--resume")
+    assert result.exit_code == 2 and "train.batch_size" in result.output
+    # changed data under the same path
+    data.write_text("text,label\n" + "a good film,neg\na dull film,pos\n" * 20)
+    result = cli("train", RECIPES / "quickstart.yaml", *common, "--resume")
+    assert result.exit_code == 3 and "changed since the run started" in result.output
+    # --overwrite wins over train.resume: auto
+    result = cli("train", RECIPES / "quickstart.yaml", *common, "train.resume=auto", "--overwrite")
+    assert result.exit_code == 0 and "resumed" not in result.output
