@@ -44,3 +44,20 @@ register_architecture(
         },
     )
 )
+
+
+register_architecture(
+    Architecture(
+        name="gpt2",
+        model_type="gpt2",
+        tokenizer="byte-level-bpe",
+        tokenizer_class="GPT2TokenizerFast",
+        description="GPT-2 decoder (byte-level BPE tokenizer; <|endoftext|> is bos, eos, unk and pad).",
+        special_tokens={
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+        },
+    )
+)

@@ -60,6 +60,8 @@ def setup_logging(verbose: bool = False) -> None:
     # Third-party INFO chatter (datasets, accelerate) hides what matters.
     for name in ("datasets", "accelerate", "transformers", "httpx", "filelock", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "Removed shared tensor lm_head.weight while saving": tied embeddings, expected for GPT-2.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:

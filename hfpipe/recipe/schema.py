@@ -68,8 +68,10 @@ class Model(Section):
 class TokenizerTraining(Section):
     """Train a tokenizer on the training split with the `tokenizers` library."""
 
-    algorithm: Literal["wordpiece"] | None = Field(
-        None, description="Tokenization model; None picks the architecture's own (WordPiece for BERT)."
+    algorithm: Literal["wordpiece", "byte-level-bpe"] | None = Field(
+        None,
+        description="Tokenization model; None picks the architecture's own (WordPiece for BERT, byte-level "
+        "BPE for GPT-2).",
     )
     vocab_size: int = Field(8000, ge=64, le=1_000_000, description="Target vocabulary size.")
     min_frequency: int = Field(2, ge=1, description="Drop merges / pieces seen fewer times than this.")

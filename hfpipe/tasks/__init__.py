@@ -49,7 +49,7 @@ def register(task: Task) -> Task:
 
 
 def _load_builtin() -> None:
-    from hfpipe.tasks import classification  # noqa: F401  (registers itself)
+    from hfpipe.tasks import causal_lm, classification  # noqa: F401  (each registers itself)
 
 
 def task_names() -> list[str]:

@@ -1,0 +1,177 @@
+"""Causal language modelling (GPT-style pretraining): packed blocks of text, next-token loss, perplexity."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from hfpipe.data import FILE, ROW
+from hfpipe.errors import DataError
+from hfpipe.tasks import Task, register
+
+log = logging.getLogger("hfpipe")
+
+
+def configure(raw, recipe) -> dict:
+    from hfpipe.data import require_columns
+
+    for split in raw.splits:
+        require_columns(raw, split, [recipe.data.columns.text], ["data.columns.text"])
+    return {}
+
+
+def training_text(raw, recipe):
+    spec = recipe.tokenizer.train
+    train = raw.splits["train"]
+    if spec is not None and spec.max_examples:
+        train = train.select(range(min(spec.max_examples, len(train))))
+    for batch in train.iter(batch_size=1000):
+        yield from (t for t in batch[recipe.data.columns.text] if isinstance(t, str))
+
+
+def pack(token_lists, eos_id: int, block_size: int) -> tuple[list[list[int]], int]:
+    """Concatenate documents, each followed by EOS, and cut the stream into blocks of block_size.
+
+    Over the whole split at once: nothing is lost at the edges of map batches; only the final remainder
+    (fewer than block_size tokens) is dropped, and its size is returned.
+    """
+    stream: list[int] = []
+    for ids in token_lists:
+        stream.extend(ids)
+        stream.append(eos_id)
+    usable = len(stream) - len(stream) % block_size
+    blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+    return blocks, len(stream) - usable
+
+
+def prepare(raw, split: str, tokenizer, config, recipe):
+    import datasets
+
+    column = recipe.data.columns.text
+    ds = raw.splits[split]
+    block_size = recipe.data.max_length
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(
+            "the tokenizer has no eos_token, which packing puts between documents",
+            file=str(recipe.model.name_or_path or recipe.model.architecture),
+        )
+
+    def check(batch):
+        for i, text in enumerate(batch[column]):
+            if not isinstance(text, str):
+                example = {k: batch[k][i] for k in (ROW, FILE) if k in batch}
+                raise DataError(
+                    f"column {column!r}: expected text, got {text!r}", **raw.where(split, example)
+                )
+        return batch
+
+    ds.map(check, batched=True, batch_size=1000, keep_in_memory=True, load_from_cache_file=False)
+    texts = [t for t in ds[column] if t.strip()]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    blocks, dropped = pack(ids, eos, block_size)
+    if not blocks:
+        raise DataError(
+            f"{split}: {sum(map(len, ids)) + len(ids)} tokens are fewer than one block of "
+            f"data.max_length={block_size}",
+            **raw.where(split),
+        )
+    log.info(
+        "%s: %d documents -> %d blocks of %d tokens (padding 0%%); dropped the last %d tokens",
+        split,
+        len(texts),
+        len(blocks),
+        block_size,
+        dropped,
+    )
+    return datasets.Dataset.from_dict(
+        {"input_ids": blocks, "labels": blocks, "length": [block_size] * len(blocks)}
+    )
+
+
+def collator(tokenizer, recipe):
+    import torch
+
+    def collate(features):
+        # Packed blocks are all full: no padding, no attention mask; the model shifts labels itself.
+        input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+        labels = torch.tensor([f.get("labels", f["input_ids"]) for f in features], dtype=torch.long)
+        return {"input_ids": input_ids, "labels": labels}
+
+    return collate
+
+
+def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
+    """Loss = mean next-token loss over every predicted token of the split; perplexity = exp(loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for batch in dataloader:
+            logits = model(input_ids=batch["input_ids"]).logits.float()
+            shifted, targets = logits[:, :-1], batch["labels"][:, 1:]
+            per_token = F.cross_entropy(
+                shifted.reshape(-1, shifted.size(-1)),
+                targets.reshape(-1),
+                reduction="none",
+                ignore_index=-100,
+            ).view(targets.shape)
+            summed = per_token.sum(dim=1)
+            count = (targets != -100).sum(dim=1)
+            summed, count = accelerator.gather_for_metrics((summed, count))
+            sums.append(summed.double().cpu())
+            counts.append(count.cpu())
+    model.train()
+    if not sums:
+        return {}
+    loss = (torch.cat(sums).sum() / torch.cat(counts).sum()).item()
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700))}
+
+
+def primary_metric(config) -> str:
+    return "perplexity"
+
+
+def metric_names(config) -> list[str]:
+    return ["loss", "perplexity"]
+
+
+def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16) -> list[dict]:
+    """Perplexity of each text under the model (one text at a time, no padding effects)."""
+    import torch
+
+    column = recipe.data.columns.text
+    device = next(model.parameters()).device
+    out = []
+    limit = getattr(model.config, "n_positions", None) or recipe.data.max_length
+    with torch.no_grad():
+        for row in rows:
+            ids = tokenizer(row[column], add_special_tokens=False)["input_ids"][:limit]
+            if len(ids) < 2:
+                out.append({"perplexity": None, "tokens": len(ids)})
+                continue
+            input_ids = torch.tensor([ids], device=device)
+            loss = model(input_ids=input_ids, labels=input_ids).loss.item()
+            out.append({"perplexity": math.exp(min(loss, 700)), "tokens": len(ids)})
+    return out
+
+
+CAUSAL_LM = register(
+    Task(
+        name="causal-lm",
+        description="GPT-style language modelling on packed blocks of text; scored by perplexity.",
+        auto_model="AutoModelForCausalLM",
+        peft_task_type="CAUSAL_LM",
+        pipeline_tag="text-generation",
+        configure=configure,
+        training_text=training_text,
+        prepare=prepare,
+        collator=collator,
+        evaluate=evaluate,
+        primary_metric=primary_metric,
+        metric_names=metric_names,
+        predict=predict,
+    )
+)
