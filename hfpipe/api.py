@@ -117,10 +117,11 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         "validation": result.validation,
     }
     test = splits.get("test")
-    if test is not None and "labels" in test.column_names:
+    labelled = test is not None and ("labels" in test.column_names or not task.needs_labels)
+    if labelled:
         metrics["test"] = score(result.model, tokenizer, test, task, recipe, accelerator)
     if main:
-        if test is not None and "labels" not in test.column_names:
+        if test is not None and not labelled:
             _write_test_predictions(result.model, tokenizer, raw, task, recipe, run_dir)
         io.export_model(result.model, tokenizer, run_dir)
         io.write_json(run_dir / io.METRICS, metrics)
@@ -249,7 +250,7 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None) -> dict:
     dl = DataLoader(
         dataset,
         batch_sampler=eval_batches(lengths, batch_size),
-        collate_fn=task.collator(tokenizer, recipe),
+        collate_fn=task.collator(tokenizer, recipe, train=False),
     )
     model, dl = accelerator.prepare(model, dl)
     return task.evaluate(model, dl, accelerator, recipe)

@@ -211,7 +211,7 @@ def fit(
         eval_dl = DataLoader(
             eval_ds,
             batch_sampler=eval_batches(eval_lengths, spec.eval_batch_size or 2 * spec.batch_size),
-            collate_fn=collate,
+            collate_fn=task.collator(tokenizer, recipe, train=False),
             num_workers=spec.num_workers,
             generator=generator(),
         )

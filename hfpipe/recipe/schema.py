@@ -251,6 +251,12 @@ class Train(Section):
         description="auto: continue from the newest complete checkpoint in output_dir, if any "
         "(as `hfpipe train --resume`).",
     )
+    mlm_probability: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="masked-lm: fraction of tokens to predict (80% [MASK], 10% random, 10% kept).",
+    )
     on_nonfinite_loss: Literal["stop", "skip"] = Field(
         "stop",
         description="A NaN / inf loss stops training (the last checkpoint stays intact) or skips the batch.",

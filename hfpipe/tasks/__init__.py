@@ -26,7 +26,7 @@ class Task:
     training_text: Callable[..., Any]
     # (raw split Dataset, split name, tokenizer, model config, recipe) -> model-ready Dataset
     prepare: Callable[..., Any]
-    # (tokenizer, recipe) -> collate_fn
+    # (tokenizer, recipe, train: bool) -> collate_fn; train=False for evaluation (e.g. fixed masks)
     collator: Callable[..., Any]
     # (model, dataloader, accelerator, recipe) -> {"loss": ..., metric: ...}
     evaluate: Callable[..., dict[str, float]]
@@ -36,6 +36,8 @@ class Task:
     metric_names: Callable[..., list[str]]
     # (model, tokenizer, rows: list[dict], recipe, batch_size) -> list[dict] of predictions
     predict: Callable[..., list[dict[str, Any]]]
+    # Language modelling scores any text; a classifier needs labels (without them a test split is predicted)
+    needs_labels: bool = True
 
 
 TASKS: dict[str, Task] = {}
@@ -49,7 +51,7 @@ def register(task: Task) -> Task:
 
 
 def _load_builtin() -> None:
-    from hfpipe.tasks import causal_lm, classification  # noqa: F401  (each registers itself)
+    from hfpipe.tasks import causal_lm, classification, masked_lm  # noqa: F401  (each registers itself)
 
 
 def task_names() -> list[str]:

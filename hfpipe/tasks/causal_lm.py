@@ -29,7 +29,7 @@ def training_text(raw, recipe):
         yield from (t for t in batch[recipe.data.columns.text] if isinstance(t, str))
 
 
-def pack(token_lists, eos_id: int, block_size: int) -> tuple[list[list[int]], int]:
+def pack(token_lists, eos_id: int | None, block_size: int) -> tuple[list[list[int]], int]:
     """Concatenate documents, each followed by EOS, and cut the stream into blocks of block_size.
 
     Over the whole split at once: nothing is lost at the edges of map batches; only the final remainder
@@ -38,7 +38,8 @@ def pack(token_lists, eos_id: int, block_size: int) -> tuple[list[list[int]], in
     stream: list[int] = []
     for ids in token_lists:
         stream.extend(ids)
-        stream.append(eos_id)
+        if eos_id is not None:  # None: the documents carry their own separators ([SEP])
+            stream.append(eos_id)
     usable = len(stream) - len(stream) % block_size
     blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
     return blocks, len(stream) - usable
@@ -89,7 +90,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     )
 
 
-def collator(tokenizer, recipe):
+def collator(tokenizer, recipe, train: bool = True):
     import torch
 
     def collate(features):
@@ -173,5 +174,6 @@ CAUSAL_LM = register(
         primary_metric=primary_metric,
         metric_names=metric_names,
         predict=predict,
+        needs_labels=False,
     )
 )

@@ -252,7 +252,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     return out
 
 
-def collator(tokenizer, recipe):
+def collator(tokenizer, recipe, train: bool = True):
     from transformers import DataCollatorWithPadding
 
     # Pad each batch to its longest example. Multiples of 8 only help tensor cores (half precision).
