@@ -86,3 +86,17 @@ def test_run_directory_generates_with_transformers_pipeline(gpt2_run):
         "The film", max_new_tokens=5, do_sample=False
     )
     assert out[0]["generated_text"].startswith("The film")
+
+
+def test_non_text_in_a_corpus_is_a_located_error(tmp_path):
+    from hfpipe.errors import DataError
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "once upon a time"}\n{"text": 7}\n')
+    recipe = load_recipe(
+        RECIPES / "gpt2-clm-pretrain.yaml",
+        [*TINY_GPT2, "~data.builtin", f"data.train={corpus}", f"output_dir={tmp_path / 'run'}"],
+    )
+    with pytest.raises(DataError) as info:
+        train(recipe)
+    assert info.value.line == 2 and "expected text, got 7" in info.value.message

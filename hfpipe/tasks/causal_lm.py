@@ -29,6 +29,24 @@ def training_text(raw, recipe):
         yield from (t for t in batch[recipe.data.columns.text] if isinstance(t, str))
 
 
+def split_texts(raw, split: str, recipe) -> list[str]:
+    """The split's documents: DataError (file, line) for a value that is not text; blank lines skipped."""
+    column = recipe.data.columns.text
+    ds = raw.splits[split]
+
+    def check(batch):
+        for i, text in enumerate(batch[column]):
+            if not isinstance(text, str):
+                example = {k: batch[k][i] for k in (ROW, FILE) if k in batch}
+                raise DataError(
+                    f"column {column!r}: expected text, got {text!r}", **raw.where(split, example)
+                )
+        return batch
+
+    ds.map(check, batched=True, batch_size=1000, keep_in_memory=True, load_from_cache_file=False)
+    return [t for t in ds[column] if t.strip()]
+
+
 def pack(token_lists, eos_id: int | None, block_size: int) -> tuple[list[list[int]], int]:
     """Concatenate documents, each followed by EOS, and cut the stream into blocks of block_size.
 
@@ -48,8 +66,6 @@ def pack(token_lists, eos_id: int | None, block_size: int) -> tuple[list[list[in
 def prepare(raw, split: str, tokenizer, config, recipe):
     import datasets
 
-    column = recipe.data.columns.text
-    ds = raw.splits[split]
     block_size = recipe.data.max_length
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -58,17 +74,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
             file=str(recipe.model.name_or_path or recipe.model.architecture),
         )
 
-    def check(batch):
-        for i, text in enumerate(batch[column]):
-            if not isinstance(text, str):
-                example = {k: batch[k][i] for k in (ROW, FILE) if k in batch}
-                raise DataError(
-                    f"column {column!r}: expected text, got {text!r}", **raw.where(split, example)
-                )
-        return batch
-
-    ds.map(check, batched=True, batch_size=1000, keep_in_memory=True, load_from_cache_file=False)
-    texts = [t for t in ds[column] if t.strip()]
+    texts = split_texts(raw, split, recipe)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks, dropped = pack(ids, eos, block_size)
     if not blocks:

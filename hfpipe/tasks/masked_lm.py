@@ -7,7 +7,7 @@ import math
 
 from hfpipe.errors import DataError
 from hfpipe.tasks import Task, register
-from hfpipe.tasks.causal_lm import configure, pack, training_text
+from hfpipe.tasks.causal_lm import configure, pack, split_texts, training_text
 
 log = logging.getLogger("hfpipe")
 
@@ -18,8 +18,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
 
     if tokenizer.mask_token_id is None:
         raise DataError("the tokenizer has no mask_token, which masked-lm needs", **raw.where(split))
-    column = recipe.data.columns.text
-    texts = [t for t in raw.splits[split][column] if isinstance(t, str) and t.strip()]
+    texts = split_texts(raw, split, recipe)
     ids = tokenizer(texts)["input_ids"]
     blocks, dropped = pack(ids, None, recipe.data.max_length)
     if not blocks:
