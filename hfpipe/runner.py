@@ -276,13 +276,7 @@ def fit(
         metrics = task.evaluate(model, eval_dl, accelerator, recipe)
         last_eval_step = state.step
         record("eval", {f"eval_{k}": v for k, v in metrics.items()})
-        value = metrics.get(metric_for_best)
-        if value is None:
-            raise TrainingError(
-                f"metric {metric_for_best!r} is not computed by task {task.name} "
-                f"(it computes: {', '.join(metrics)})",
-                key="train.metric_for_best",
-            )
+        value = metrics[metric_for_best]  # checked against task.metric_names before training
         if _improved(value, state.best_metric, greater, spec.early_stopping_threshold):
             state.best_metric, state.best_step = value, state.step
             state.evals_without_improvement = 0

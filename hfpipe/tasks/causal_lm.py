@@ -91,9 +91,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
         block_size,
         dropped,
     )
-    return datasets.Dataset.from_dict(
-        {"input_ids": blocks, "labels": blocks, "length": [block_size] * len(blocks)}
-    )
+    return datasets.Dataset.from_dict({"input_ids": blocks, "length": [block_size] * len(blocks)})
 
 
 def collator(tokenizer, recipe, train: bool = True):
@@ -102,14 +100,16 @@ def collator(tokenizer, recipe, train: bool = True):
     def collate(features):
         # Packed blocks are all full: no padding, no attention mask; the model shifts labels itself.
         input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
-        labels = torch.tensor([f.get("labels", f["input_ids"]) for f in features], dtype=torch.long)
-        return {"input_ids": input_ids, "labels": labels}
+        return {"input_ids": input_ids, "labels": input_ids.clone()}
 
     return collate
 
 
-def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
-    """Loss = mean next-token loss over every predicted token of the split; perplexity = exp(loss)."""
+def token_loss_metrics(model, dataloader, accelerator, *, shift: bool) -> dict[str, float]:
+    """Mean loss over every predicted token of the split (not a mean of batch means) and its exp.
+
+    shift=True: next-token prediction (causal); False: the labelled positions themselves (masked).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -118,23 +118,27 @@ def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
     with torch.no_grad():
         for batch in dataloader:
             logits = model(input_ids=batch["input_ids"]).logits.float()
-            shifted, targets = logits[:, :-1], batch["labels"][:, 1:]
+            targets = batch["labels"]
+            if shift:
+                logits, targets = logits[:, :-1], targets[:, 1:]
             per_token = F.cross_entropy(
-                shifted.reshape(-1, shifted.size(-1)),
-                targets.reshape(-1),
-                reduction="none",
-                ignore_index=-100,
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none", ignore_index=-100
             ).view(targets.shape)
-            summed = per_token.sum(dim=1)
-            count = (targets != -100).sum(dim=1)
-            summed, count = accelerator.gather_for_metrics((summed, count))
+            # Per example, so gather_for_metrics can drop the samples repeated to even out processes.
+            summed, count = accelerator.gather_for_metrics(
+                (per_token.sum(dim=1), (targets != -100).sum(dim=1))
+            )
             sums.append(summed.double().cpu())
             counts.append(count.cpu())
     model.train()
     if not sums:
         return {}
-    loss = (torch.cat(sums).sum() / torch.cat(counts).sum()).item()
+    loss = (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()
     return {"loss": loss, "perplexity": math.exp(min(loss, 700))}
+
+
+def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
+    return token_loss_metrics(model, dataloader, accelerator, shift=True)
 
 
 def primary_metric(config) -> str:

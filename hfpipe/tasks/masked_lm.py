@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
 
 from hfpipe.errors import DataError
 from hfpipe.tasks import Task, register
-from hfpipe.tasks.causal_lm import configure, pack, split_texts, training_text
+from hfpipe.tasks.causal_lm import (
+    configure,
+    metric_names,
+    pack,
+    primary_metric,
+    split_texts,
+    token_loss_metrics,
+    training_text,
+)
 
 log = logging.getLogger("hfpipe")
 
@@ -51,37 +58,7 @@ def collator(tokenizer, recipe, train: bool = True):
 
 
 def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
-    """Mean loss over every masked token of the split, and its exp (perplexity)."""
-    import torch
-    import torch.nn.functional as F
-
-    model.eval()
-    sums, counts = [], []
-    with torch.no_grad():
-        for batch in dataloader:
-            logits = model(input_ids=batch["input_ids"]).logits.float()
-            labels = batch["labels"]
-            per_token = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none", ignore_index=-100
-            ).view(labels.shape)
-            summed, count = accelerator.gather_for_metrics(
-                (per_token.sum(dim=1), (labels != -100).sum(dim=1))
-            )
-            sums.append(summed.double().cpu())
-            counts.append(count.cpu())
-    model.train()
-    if not sums:
-        return {}
-    loss = (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700))}
-
-
-def primary_metric(config) -> str:
-    return "perplexity"
-
-
-def metric_names(config) -> list[str]:
-    return ["loss", "perplexity"]
+    return token_loss_metrics(model, dataloader, accelerator, shift=False)
 
 
 def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16) -> list[dict]:
