@@ -32,6 +32,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
 
     Under `accelerate launch` every process runs this; only the main process writes the run directory.
     """
+    from hfpipe.cache import prepare_split
     from hfpipe.data import load_raw
     from hfpipe.models import build_model
     from hfpipe.recipe import dump_recipe
@@ -73,14 +74,19 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     model = build_model(recipe, task, tokenizer, head_kwargs)
     _check_lengths(recipe, model.config)
     resolve_metric_for_best(recipe, task, model.config)
-    splits = {name: task.prepare(raw, name, tokenizer, model.config, recipe) for name in raw.splits}
+    digests = data_fingerprint(recipe)
+    with accelerator.main_process_first():  # the main process fills the cache, the others read it
+        splits = {
+            name: prepare_split(raw, name, tokenizer, model.config, recipe, task, digests)
+            for name in raw.splits
+        }
 
     protected = [recipe.source or ""] + [f for f in raw.files]
     if main and resume_from is None:
         io.prepare_output_dir(
             recipe.output_dir, overwrite=overwrite or restart, protected=tuple(p for p in protected if p)
         )
-        io.write_json(Path(recipe.output_dir) / DATA_FINGERPRINT, data_fingerprint(recipe))
+        io.write_json(Path(recipe.output_dir) / DATA_FINGERPRINT, digests)
     if main:  # on resume too: the train section may have changed (e.g. more steps)
         io.atomic_write_text(Path(recipe.output_dir) / io.RECIPE, dump_recipe(recipe))
     accelerator.wait_for_everyone()
@@ -253,7 +259,7 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None) -> dict:
         collate_fn=task.collator(tokenizer, recipe, train=False),
     )
     model, dl = accelerator.prepare(model, dl)
-    return task.evaluate(model, dl, accelerator, recipe)
+    return task.evaluate(model, dl, accelerator, recipe, tokenizer=tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -295,8 +301,8 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str =
         # The file's own extension decides its format (the recipe's format was for the recipe's files).
         path = str(Path(data_file).resolve())
         fmt = "auto" if Path(path).suffix.lower() in FORMATS else recipe.data.format
-        ds = load_files([path], fmt, files, formats)
-        raw = RawData({"eval": ds}, files, formats)
+        ds = load_files([path], fmt, files, formats, recipe.data.text_unit)
+        raw = RawData({"eval": ds}, files, formats, text_unit=recipe.data.text_unit)
         split = "eval"
     else:
         raw = load_raw(recipe)
@@ -306,7 +312,7 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str =
                 "pass --data FILE or --split",
                 file=str(Path(run_dir) / io.RECIPE),
             )
-    if recipe.data.columns.label not in raw.splits[split].column_names:
+    if task.needs_labels and recipe.data.columns.label not in raw.splits[split].column_names:
         raise DataError(f"no label column {recipe.data.columns.label!r} to score against", **raw.where(split))
     # Labels are read against the run's own label set, not re-inferred from this file.
     prepared = task.prepare(raw, split, tokenizer, model.config, recipe)
@@ -374,3 +380,56 @@ def predict_run(
                 where = f"{file} (row {number})" if file is not None else f"input {number}"
                 raise DataError(f"column {column!r}: expected non-empty text, got {text!r}", file=where)
     return rows, task.predict(model, tokenizer, rows, recipe, batch_size=batch_size)
+
+
+GENERATING_TASKS = ("causal-lm", "generation")
+
+
+def generate_run(
+    run_dir: str | Path,
+    prompts: list[str] | None = None,
+    file: str | Path | None = None,
+    *,
+    settings: dict | None = None,
+    seed: int | None = None,
+    batch_size: int = 16,
+) -> tuple[list[dict], list[dict]]:
+    """(input rows, [{"completion": ...}]) for literal `prompts` or the rows of `file`.
+
+    A .txt file holds one prompt per line; csv / jsonl rows are rendered with the run's prompt template
+    (or its prompt column). `settings` override the run's generation section (max_new_tokens, ...).
+    """
+    from hfpipe.data import FILE, ROW
+    from hfpipe.data import _load_files as load_files
+    from hfpipe.errors import RecipeError
+    from hfpipe.tasks.generation import LITERAL
+    from hfpipe.tasks.generation import predict as generate
+
+    recipe, task, model, tokenizer = open_run(run_dir)
+    if task.name not in GENERATING_TASKS:
+        raise RunError(
+            f"a {task.name} run does not generate text (generate takes a {' or '.join(GENERATING_TASKS)} run)",
+            file=str(run_dir),
+        )
+    try:
+        spec = recipe.generation.model_copy(update=settings or {})
+        spec = type(spec).model_validate(spec.model_dump())  # the overrides get the recipe's checks
+    except ValueError as exc:
+        raise RecipeError(f"invalid generation option: {exc.errors()[0]['msg']}") from None
+    if file is not None:
+        path = Path(file)
+        if path.suffix.lower() == ".txt":
+            if not path.exists():
+                raise DataError("file not found", file=str(path))
+            lines = decode_utf8(path.read_bytes(), DataError, str(path)).splitlines()
+            rows = [{LITERAL: line} for line in lines if line.strip()]
+        else:
+            ds = load_files([str(path.resolve())], "auto", [], [])
+            rows = [{k: v for k, v in r.items() if k not in (ROW, FILE)} for r in ds]
+    else:
+        rows = [{LITERAL: p} for p in prompts or []]
+    if not rows:
+        raise DataError("nothing to generate from: give --prompt or a --file with rows")
+    predictions = generate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec, seed=seed)
+    shown = [{"prompt": r[LITERAL]} if LITERAL in r else r for r in rows]
+    return shown, predictions

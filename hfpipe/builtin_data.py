@@ -67,37 +67,47 @@ def _adjective(rng: random.Random, positive: bool) -> str:
     return rng.choice(_POSITIVE if positive else _NEGATIVE)
 
 
-def _sentiment_sentence(rng: random.Random) -> tuple[str, int]:
+def _sentiment_sentence(rng: random.Random) -> tuple[str, int, str]:
+    """(sentence, label, aspect): the aspect is what the deciding clause is about."""
     label = rng.random() < 0.5  # True = positive
     form = rng.random()
     subj, verb = rng.choice(_SUBJECTS), rng.choice(_VERBS)
     opener, very = rng.choice(_OPENERS), rng.choice(_INTENSIFIERS)
     if form < 0.35:
-        text = f"{opener}{subj} {verb} {very}{_adjective(rng, label)}."
+        text, aspect = f"{opener}{subj} {verb} {very}{_adjective(rng, label)}.", subj
     elif form < 0.5:
-        text = f"what a {very}{_adjective(rng, label)} {rng.choice(_NOUNS)}!"
+        adjective = _adjective(rng, label)  # drawn before the noun (the data must not change)
+        noun = rng.choice(_NOUNS)
+        text, aspect = f"what a {very}{adjective} {noun}!", f"the {noun}"
     elif form < 0.7:  # negation flips the adjective's polarity
-        text = f"{opener}{subj} {verb} not {rng.choice(_NOT_INTENSIFIERS)}{_adjective(rng, not label)}."
+        text, aspect = (
+            f"{opener}{subj} {verb} not {rng.choice(_NOT_INTENSIFIERS)}{_adjective(rng, not label)}.",
+            subj,
+        )
     elif form < 0.85:  # contrast: the clause after "but" decides
-        other = rng.choice([s for s in _SUBJECTS if s != subj])
+        other = aspect = rng.choice([s for s in _SUBJECTS if s != subj])
         text = (
             f"{subj} {verb} {_adjective(rng, not label)}, but {other} {rng.choice(_VERBS)} "
             f"{very}{_adjective(rng, label)}."
         )
     else:  # concession: the main clause decides
-        other = rng.choice([s for s in _SUBJECTS if s != subj])
+        other = aspect = rng.choice([s for s in _SUBJECTS if s != subj])
         text = (
             f"although {subj} {verb} {_adjective(rng, not label)}, {other} {rng.choice(_VERBS)} "
             f"{very}{_adjective(rng, label)}."
         )
-    return text[0].upper() + text[1:], int(label)
+    return text[0].upper() + text[1:], int(label), aspect
 
 
 _LABEL_NOISE = 0.03  # like annotator disagreement: ~97% is the best a model can score
 
 
 def sentiment(train_size: int, validation_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
-    """Binary sentiment of movie-review sentences: columns text, label (negative / positive); 3% label noise."""
+    """Movie-review sentences: columns text, label (negative / positive; 3% label noise) and aspect.
+
+    aspect names what the deciding clause is about ("the cast" in "the plot was dull, but the cast was
+    superb"): with the label it makes a small generation task ("positive (the cast)").
+    """
     names = ("negative", "positive")
     out: dict[str, list[dict]] = {}
     for offset, (split, size) in enumerate(
@@ -108,10 +118,10 @@ def sentiment(train_size: int, validation_size: int, test_size: int, seed: int) 
         rng = random.Random(f"sentiment/{seed}/{offset}")
         rows = []
         for _ in range(size):
-            text, label = _sentiment_sentence(rng)
+            text, label, aspect = _sentiment_sentence(rng)
             if rng.random() < _LABEL_NOISE:
                 label = 1 - label
-            rows.append({"text": text, "label": names[label]})
+            rows.append({"text": text, "label": names[label], "aspect": aspect})
         out[split] = rows
     return out
 

@@ -41,12 +41,19 @@ class RawData:
     files: list[str] = field(default_factory=list)
     formats: list[str] = field(default_factory=list)
     origin: str = "files"  # files | hub | builtin
+    text_unit: str = "line"  # how text files were cut into rows
 
     def where(self, split: str, example: dict | None = None) -> dict:
         """file= and line= keyword arguments for a DataError about this example (or split)."""
         if example is not None and FILE in example and example[FILE] is not None:
             path, fmt = self.files[example[FILE]], self.formats[example[FILE]]
             row = int(example[ROW])
+            if fmt == "text":  # one row per line (blank lines included), or paragraphs / whole files
+                return (
+                    {"file": _shown(path), "line": row + 1}
+                    if self.text_unit == "line"
+                    else {"file": f"{_shown(path)} ({self.text_unit} {row + 1})"}
+                )
             lines = _record_lines(path, fmt) if fmt in ("csv", "tsv", "jsonl") else []
             if row < len(lines):
                 return {"file": _shown(path), "line": lines[row]}
@@ -97,7 +104,7 @@ def file_format(path: str, declared: str = "auto") -> str:
         return FORMATS[suffix]
     raise DataError(
         f"cannot tell the format from the extension {suffix!r}; set data.format "
-        f"(one of csv, tsv, json, jsonl, parquet)",
+        f"(one of csv, tsv, json, jsonl, parquet, text)",
         file=_shown(path),
     )
 
@@ -106,7 +113,10 @@ def file_format(path: str, declared: str = "auto") -> str:
 # Reading files
 
 
-def _load_file(path: str, fmt: str, file_index: int):
+_SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
+
+
+def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
     import datasets
 
     shown = _shown(path)
@@ -126,7 +136,7 @@ def _load_file(path: str, fmt: str, file_index: int):
         "json": ("json", {}),
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
-        "text": ("text", {}),
+        "text": ("text", {"sample_by": _SAMPLE_BY[text_unit]}),
     }[fmt]
     # The builders log their own error (with a traceback) before raising: hfpipe reports it on one line.
     builder_log = logging.getLogger("datasets")
@@ -189,7 +199,9 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
     return DataError(f"cannot read as {fmt}: {detail[:300]}", file=shown)
 
 
-def _load_files(paths: list[str], declared: str, files: list[str], formats: list[str]):
+def _load_files(
+    paths: list[str], declared: str, files: list[str], formats: list[str], text_unit: str = "line"
+):
     import datasets
 
     parts = []
@@ -197,7 +209,7 @@ def _load_files(paths: list[str], declared: str, files: list[str], formats: list
         fmt = file_format(path, declared)
         files.append(path)
         formats.append(fmt)
-        parts.append(_load_file(path, fmt, len(files) - 1))
+        parts.append(_load_file(path, fmt, len(files) - 1, text_unit))
     if len(parts) == 1:
         return parts[0]
     try:
@@ -241,8 +253,8 @@ def load_raw(recipe) -> RawData:
             if value is None:
                 continue
             paths = [value] if isinstance(value, str) else list(value)
-            splits[split] = _load_files(paths, data.format, files, formats)
-        raw = RawData(splits, files, formats)
+            splits[split] = _load_files(paths, data.format, files, formats, data.text_unit)
+        raw = RawData(splits, files, formats, text_unit=data.text_unit)
 
     if "validation" not in raw.splits and data.validation_fraction:
         try:

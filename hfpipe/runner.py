@@ -273,7 +273,7 @@ def fit(
     def run_eval() -> dict:
         nonlocal stop
         nonlocal last_eval_step
-        metrics = task.evaluate(model, eval_dl, accelerator, recipe)
+        metrics = task.evaluate(model, eval_dl, accelerator, recipe, tokenizer=tokenizer)
         last_eval_step = state.step
         record("eval", {f"eval_{k}": v for k, v in metrics.items()})
         value = metrics[metric_for_best]  # checked against task.metric_names before training

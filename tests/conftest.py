@@ -38,6 +38,7 @@ TINY = [
 @pytest.fixture(autouse=True, scope="session")
 def _datasets_cache(tmp_path_factory):
     os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+    os.environ["HFPIPE_CACHE"] = str(tmp_path_factory.mktemp("hfpipe_cache"))
 
 
 @pytest.fixture

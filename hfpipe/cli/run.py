@@ -109,19 +109,80 @@ def predict(
         from hfpipe.api import predict_run
 
         rows, preds = predict_run(run_dir, texts=text, text_pairs=text_pair, file=file, batch_size=batch_size)
-        lines = [
-            json.dumps({**row, **pred}, ensure_ascii=False) for row, pred in zip(rows, preds, strict=True)
-        ]
-        if output:
-            from hfpipe.io import atomic_write_text
+        _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
 
-            atomic_write_text(output, "\n".join(lines) + "\n")
-            typer.echo(f"wrote {len(lines)} predictions to {output}", err=True)
-        else:
-            typer.echo("\n".join(lines))
+
+def generate(
+    run_dir: RunDirArg,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="Prompt text (repeatable).")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help=".txt (one prompt per line) or csv / jsonl rows rendered with the run's prompt template.",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Default: the recipe's.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Sample at this temperature (turns sampling on).")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option("--top-p", help="Nucleus sampling (turns sampling on).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (turns sampling on).")] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam search width.")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="No sampling, whatever the recipe says.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write completions as JSON lines here.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+) -> None:
+    """Generate completions with a causal-lm or generation run: batched, left-padded, stops at EOS."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.errors import DataError
+
+        if (prompt is None) == (file is None):
+            raise DataError("give --prompt (repeatable) or --file, not both and not neither")
+        settings: dict = {
+            k: v
+            for k, v in {
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "num_beams": num_beams,
+            }.items()
+            if v is not None
+        }
+        if greedy:
+            settings["do_sample"] = False
+        elif temperature is not None or top_p is not None or top_k is not None:
+            settings["do_sample"] = True
+        from hfpipe.api import generate_run
+
+        rows, preds = generate_run(run_dir, prompt, file, settings=settings, seed=seed, batch_size=batch_size)
+        _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
+
+
+def _emit(lines: list[str], output: Path | None) -> None:
+    if output:
+        from hfpipe.io import atomic_write_text
+
+        atomic_write_text(output, "\n".join(lines) + "\n")
+        typer.echo(f"wrote {len(lines)} lines to {output}", err=True)
+    else:
+        typer.echo("\n".join(lines))
 
 
 def register(app: typer.Typer) -> None:
     app.command(context_settings={"allow_extra_args": False})(train)
     app.command()(evaluate)
     app.command()(predict)
+    app.command()(generate)

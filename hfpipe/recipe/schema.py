@@ -102,6 +102,40 @@ class Columns(Section):
     text: str = Field("text", description="Column with the (first) text.")
     text_pair: str | None = Field(None, description="Column with the second text of a sentence pair.")
     label: str = Field("label", description="Column with the label (a class name, an int id, or a float).")
+    prompt: str = Field("prompt", description="generation: column with the prompt.")
+    completion: str = Field("completion", description="generation: column with the completion to learn.")
+
+
+class Template(Section):
+    """generation: build prompt and completion from other columns with Python format strings."""
+
+    prompt: str = Field(description='Prompt, e.g. "Review: {text}\\nVerdict:" ({column} inserts a column).')
+    completion: str = Field(description='Completion, e.g. " {label}". EOS is appended by hfpipe.')
+
+    @field_validator("prompt", "completion")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        import string
+
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"not a valid format string: {exc}") from None
+        if any(not name or not name.isidentifier() for name in fields):
+            raise ValueError("every {} must name a column, e.g. {text}")
+        return value
+
+    def columns(self) -> list[str]:
+        import string
+
+        return sorted(
+            {
+                name
+                for t in (self.prompt, self.completion)
+                for _, name, _, _ in string.Formatter().parse(t)
+                if name
+            }
+        )
 
 
 class Builtin(Section):
@@ -135,7 +169,7 @@ class Data(Section):
     """Where the examples come from: local files, a Hub dataset, or a built-in generator."""
 
     train: Files | None = Field(
-        None, description="Training file(s): csv, tsv, json, jsonl or parquet.", json_schema_extra=PATH
+        None, description="Training file(s): csv, tsv, json, jsonl, parquet or txt.", json_schema_extra=PATH
     )
     validation: Files | None = Field(
         None, description="Validation file(s), same formats.", json_schema_extra=PATH
@@ -143,8 +177,13 @@ class Data(Section):
     test: Files | None = Field(
         None, description="Test file(s), scored once at the end with the best model.", json_schema_extra=PATH
     )
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
-        "auto", description="File format; auto picks it from the file extension."
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text"] = Field(
+        "auto", description="File format; auto picks it from the file extension (.txt is text)."
+    )
+    text_unit: Literal["line", "paragraph", "file"] = Field(
+        "line",
+        description="Text files: one document per line, per blank-line-separated paragraph, or per file "
+        "(column `text`).",
     )
     dataset: str | None = Field(None, description="Hub dataset name (needs network unless cached).")
     dataset_config: str | None = Field(None, description="Hub dataset configuration, e.g. `sst2` of `glue`.")
@@ -158,6 +197,9 @@ class Data(Section):
         None, gt=0, lt=1, description="Hold out this fraction of train as validation when none is given."
     )
     columns: Columns = Field(default_factory=Columns, description="Column roles.")
+    template: Template | None = Field(
+        None, description="generation: prompt and completion built from columns (instead of columns.prompt)."
+    )
     labels: list[str] | None = Field(
         None,
         description="Class names in id order. Int labels in the data index this list; string labels must "
@@ -170,6 +212,11 @@ class Data(Section):
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
     max_eval_samples: int | None = Field(
         None, ge=1, description="Use only the first N validation / test rows."
+    )
+    cache: bool = Field(
+        True,
+        description="Reuse tokenized splits from an earlier run with the same data contents, tokenizer and "
+        "settings (in $HFPIPE_CACHE, default ~/.cache/hfpipe).",
     )
 
     @model_validator(mode="after")
@@ -257,6 +304,10 @@ class Train(Section):
         lt=1,
         description="masked-lm: fraction of tokens to predict (80% [MASK], 10% random, 10% kept).",
     )
+    whole_word_mask: bool = Field(
+        False,
+        description="masked-lm: mask whole words (all their word pieces) rather than single tokens.",
+    )
     on_nonfinite_loss: Literal["stop", "skip"] = Field(
         "stop",
         description="A NaN / inf loss stops training (the last checkpoint stays intact) or skips the batch.",
@@ -269,6 +320,24 @@ class Train(Section):
         return self
 
 
+class Generation(Section):
+    """How text is generated: at evaluation of generation tasks, and the defaults of `hfpipe generate`."""
+
+    max_new_tokens: int = Field(32, ge=1, description="Stop after this many new tokens (or at EOS).")
+    num_beams: int = Field(1, ge=1, description="Beam search width; 1 is greedy or sampling.")
+    do_sample: bool = Field(False, description="Sample instead of taking the most likely token.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep this much probability mass.")
+    top_k: int = Field(50, ge=0, description="Sample among the k most likely tokens (0: no limit).")
+    length_penalty: float = Field(1.0, description="Beam search: exponent on length (>1 favours longer).")
+    eval_samples: int | None = Field(
+        None,
+        ge=0,
+        description="At each evaluation, generate for at most the first N examples (None: all; 0: none, "
+        "loss only). Evaluation decodes greedily or by beam search: sampling is for `hfpipe generate`.",
+    )
+
+
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
@@ -278,6 +347,7 @@ class Recipe(Section):
     tokenizer: Tokenizer = Field(default_factory=Tokenizer, description="The tokenizer to load or train.")
     data: Data = Field(description="The examples.")
     train: Train = Field(default_factory=Train, description="The training loop's settings.")
+    generation: Generation = Field(default_factory=Generation, description="Text generation settings.")
     output_dir: str = Field(
         description="Run directory: a Hugging Face model directory plus recipe, metrics and card.",
         json_schema_extra=PATH,

@@ -28,7 +28,7 @@ class Task:
     prepare: Callable[..., Any]
     # (tokenizer, recipe, train: bool) -> collate_fn; train=False for evaluation (e.g. fixed masks)
     collator: Callable[..., Any]
-    # (model, dataloader, accelerator, recipe) -> {"loss": ..., metric: ...}
+    # (model, dataloader, accelerator, recipe, tokenizer=) -> {"loss": ..., metric: ...}
     evaluate: Callable[..., dict[str, float]]
     # (model config) -> name of the metric that picks the best checkpoint by default
     primary_metric: Callable[..., str]
@@ -51,7 +51,7 @@ def register(task: Task) -> Task:
 
 
 def _load_builtin() -> None:
-    from hfpipe.tasks import causal_lm, classification, masked_lm  # noqa: F401  (each registers itself)
+    from hfpipe.tasks import causal_lm, classification, generation, masked_lm  # noqa: F401  (each registers itself)
 
 
 def task_names() -> list[str]:

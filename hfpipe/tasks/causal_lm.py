@@ -117,7 +117,9 @@ def token_loss_metrics(model, dataloader, accelerator, *, shift: bool) -> dict[s
     sums, counts = [], []
     with torch.no_grad():
         for batch in dataloader:
-            logits = model(input_ids=batch["input_ids"]).logits.float()
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")
+            ).logits.float()
             targets = batch["labels"]
             if shift:
                 logits, targets = logits[:, :-1], targets[:, 1:]
@@ -137,7 +139,7 @@ def token_loss_metrics(model, dataloader, accelerator, *, shift: bool) -> dict[s
     return {"loss": loss, "perplexity": math.exp(min(loss, 700))}
 
 
-def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
+def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str, float]:
     return token_loss_metrics(model, dataloader, accelerator, shift=True)
 
 

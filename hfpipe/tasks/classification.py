@@ -264,7 +264,7 @@ def collator(tokenizer, recipe, train: bool = True):
 # Evaluation and prediction
 
 
-def evaluate(model, dataloader, accelerator, recipe) -> dict[str, float]:
+def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
