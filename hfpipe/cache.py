@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -57,23 +56,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def _source_digest(*modules) -> str:
+def _source_digest() -> str:
+    """sha256 of the code that turns raw rows into model inputs: the task modules and the data reader."""
+    package = Path(__file__).parent
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
+    for path in sorted([*package.glob("tasks/*.py"), package / "data.py", package / "builtin_data.py"]):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def split_key(raw, split: str, tokenizer, config, recipe, task, file_digests: dict[str, str]) -> dict:
     """Everything that decides the prepared `split` (the cache key is the sha256 of its JSON)."""
-    from hfpipe import builtin_data, data
-
-    task_module = sys.modules[task.prepare.__module__]
     key = {
         "format": 1,
         "task": task.name,
         "split": split,
-        "code": _source_digest(task_module, data, builtin_data),
+        "code": _source_digest(),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "data": recipe.data.model_dump(mode="json", exclude={"cache"}),
         "files": file_digests,

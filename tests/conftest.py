@@ -34,6 +34,24 @@ TINY = [
     "~train.early_stopping_patience",  # tiny models sit on a plateau before they learn
 ]
 
+# Shrinks the bundled GPT-2 recipes.
+TINY_GPT2 = [
+    "model.config.n_embd=32",
+    "model.config.n_layer=2",
+    "model.config.n_head=2",
+    "model.config.n_positions=32",
+    "tokenizer.train.vocab_size=300",
+    "data.max_length=32",
+    "data.builtin.train_size=600",
+    "data.builtin.validation_size=100",
+    "data.builtin.test_size=100",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.lr=3e-3",
+    "train.log_every=2",
+    "train.save_every=never",
+]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _datasets_cache(tmp_path_factory):
@@ -75,3 +93,13 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def clm_run(tmp_path_factory) -> Path:
+    """recipes/gpt2-clm-pretrain.yaml, shrunk by TINY_GPT2, trained once for the session."""
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("clm") / "run"
+    return train(load_recipe(RECIPES / "gpt2-clm-pretrain.yaml", [*TINY_GPT2, f"output_dir={out}"]))

@@ -6,28 +6,11 @@ import json
 import math
 
 import pytest
-from conftest import RECIPES
+from conftest import RECIPES, TINY_GPT2
 
 from hfpipe.api import train
 from hfpipe.recipe import load_recipe
 from hfpipe.tasks.causal_lm import pack
-
-TINY_GPT2 = [
-    "model.config.n_embd=32",
-    "model.config.n_layer=2",
-    "model.config.n_head=2",
-    "model.config.n_positions=32",
-    "tokenizer.train.vocab_size=300",
-    "data.max_length=32",
-    "data.builtin.train_size=600",
-    "data.builtin.validation_size=100",
-    "data.builtin.test_size=100",
-    "train.epochs=2",
-    "train.batch_size=16",
-    "train.lr=3e-3",
-    "train.log_every=2",
-    "train.save_every=never",
-]
 
 
 def test_packing_keeps_every_token_once_in_order():
@@ -39,24 +22,18 @@ def test_packing_keeps_every_token_once_in_order():
     assert dropped == len(stream) % 4
 
 
-@pytest.fixture(scope="module")
-def gpt2_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clm") / "run"
-    return train(load_recipe(RECIPES / "gpt2-clm-pretrain.yaml", [*TINY_GPT2, f"output_dir={out}"]))
-
-
-def test_tiny_gpt2_learns_and_reports_perplexity(gpt2_run):
-    records = [json.loads(line) for line in (gpt2_run / "metrics.jsonl").read_text().splitlines()]
+def test_tiny_gpt2_learns_and_reports_perplexity(clm_run):
+    records = [json.loads(line) for line in (clm_run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.8, losses
-    metrics = json.loads((gpt2_run / "metrics.json").read_text())
+    metrics = json.loads((clm_run / "metrics.json").read_text())
     for split in ("validation", "test"):
         assert metrics[split]["perplexity"] == pytest.approx(math.exp(metrics[split]["loss"]), rel=1e-6)
     assert metrics["metric_for_best"] == "perplexity"
     assert metrics["validation"]["perplexity"] < 300  # vocabulary size: what a uniform guess scores
 
 
-def test_perplexity_is_over_all_tokens_not_a_mean_of_batches(gpt2_run):
+def test_perplexity_is_over_all_tokens_not_a_mean_of_batches(clm_run):
     """evaluate() equals a direct computation: total next-token loss / number of predicted tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,11 +41,11 @@ def test_perplexity_is_over_all_tokens_not_a_mean_of_batches(gpt2_run):
     from hfpipe.api import open_run, score
     from hfpipe.data import load_raw
 
-    recipe, task, model, tokenizer = open_run(gpt2_run)
+    recipe, task, model, tokenizer = open_run(clm_run)
     raw = load_raw(recipe)
     prepared = task.prepare(raw, "validation", tokenizer, model.config, recipe)
     ours = score(model, tokenizer, prepared, task, recipe)
-    plain = AutoModelForCausalLM.from_pretrained(gpt2_run).eval()
+    plain = AutoModelForCausalLM.from_pretrained(clm_run).eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for block in prepared["input_ids"]:
@@ -76,13 +53,13 @@ def test_perplexity_is_over_all_tokens_not_a_mean_of_batches(gpt2_run):
             total += plain(input_ids=ids, labels=ids).loss.item() * (len(block) - 1)
             count += len(block) - 1
     assert ours["loss"] == pytest.approx(total / count, rel=1e-5)
-    assert AutoTokenizer.from_pretrained(gpt2_run).eos_token == "<|endoftext|>"
+    assert AutoTokenizer.from_pretrained(clm_run).eos_token == "<|endoftext|>"
 
 
-def test_run_directory_generates_with_transformers_pipeline(gpt2_run):
+def test_run_directory_generates_with_transformers_pipeline(clm_run):
     from transformers import pipeline
 
-    out = pipeline("text-generation", model=str(gpt2_run), device="cpu")(
+    out = pipeline("text-generation", model=str(clm_run), device="cpu")(
         "The film", max_new_tokens=5, do_sample=False
     )
     assert out[0]["generated_text"].startswith("The film")

@@ -82,3 +82,47 @@ def test_mlm_run_is_a_model_for_classification(mlm_run, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert json.loads((run / "metrics.json").read_text())["validation"]["accuracy"] >= 0
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word(mlm_run):
+    import torch
+
+    from hfpipe.api import open_run
+    from hfpipe.data import load_raw
+    from hfpipe.recipe import load_recipe as load
+    from hfpipe.tasks.masked_lm import collator
+
+    recipe = load(mlm_run / "recipe.yaml", ["train.whole_word_mask=true"])
+    _, task, model, tokenizer = open_run(mlm_run)
+    prepared = task.prepare(load_raw(recipe), "train", tokenizer, model.config, recipe)
+    features = [prepared[i] for i in range(len(prepared))]
+    words = torch.tensor([f["word_ids"] for f in features])
+    ids = torch.tensor([f["input_ids"] for f in features])
+    pieces = torch.tensor(
+        [[t.startswith("##") for t in tokenizer.convert_ids_to_tokens(row)] for row in ids.tolist()]
+    )
+    assert pieces.any()  # the corpus has words of several pieces
+    assert (words[pieces] >= 0).all() and (words[ids == tokenizer.cls_token_id] == -1).all()
+    torch.manual_seed(0)
+    predicted = collator(tokenizer, recipe)(features)["labels"] != -100
+    for row in range(len(features)):
+        for word in words[row].unique().tolist():
+            chosen = predicted[row][words[row] == word]
+            assert word == -1 and not chosen.any() or chosen.all() or not chosen.any()
+    rate = predicted.sum().item() / (words >= 0).sum().item()
+    assert 0.12 < rate < 0.19, rate
+
+
+def test_evaluation_masks_do_not_depend_on_batching(mlm_run):
+    from hfpipe.api import open_run
+    from hfpipe.data import load_raw
+    from hfpipe.tasks.masked_lm import collator
+
+    recipe, task, model, tokenizer = open_run(mlm_run)
+    prepared = task.prepare(load_raw(recipe), "validation", tokenizer, model.config, recipe)
+    features = [prepared[i] for i in range(8)]
+    collate = collator(tokenizer, recipe, train=False)
+    together = collate(features)["labels"]
+    apart = [collate([f])["labels"][0] for f in reversed(features)][::-1]
+    assert all((together[i] == apart[i]).all() for i in range(8))
+    assert (collate(features)["labels"] == together).all()  # and again at the next evaluation
