@@ -312,10 +312,11 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str =
                 "pass --data FILE or --split",
                 file=str(Path(run_dir) / io.RECIPE),
             )
-    if task.needs_labels and recipe.data.columns.label not in raw.splits[split].column_names:
-        raise DataError(f"no label column {recipe.data.columns.label!r} to score against", **raw.where(split))
     # Labels are read against the run's own label set, not re-inferred from this file.
     prepared = task.prepare(raw, split, tokenizer, model.config, recipe)
+    if task.needs_labels and "labels" not in prepared.column_names:
+        what = "completions" if task.name == "generation" else f"label column {recipe.data.columns.label!r}"
+        raise DataError(f"no {what} to score against", **raw.where(split))
     return score(model, tokenizer, prepared, task, recipe)
 
 

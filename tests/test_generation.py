@@ -211,3 +211,18 @@ def test_generation_data_errors(tmp_path):
     with pytest.raises(RecipeError) as info:
         gen_recipe(tmp_path, "data.template.completion=' {label'")
     assert "data.template.completion" in str(info.value)
+
+
+def test_evaluate_a_generation_run_on_a_file(gen_run, tmp_path):
+    from hfpipe.api import evaluate_run
+
+    rows = [
+        {"text": "The cast was superb.", "label": "positive", "aspect": "the cast"},
+        {"text": "What a dull film!", "label": "negative", "aspect": "the film"},
+    ]
+    data = write(tmp_path / "eval.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    metrics = evaluate_run(gen_run, str(data))
+    assert metrics["generated"] == 2 and {"loss", "exact_match", "chrf"} <= set(metrics)
+    prompts_only = write(tmp_path / "prompts.jsonl", json.dumps({"text": "The cast was superb."}) + "\n")
+    with pytest.raises(DataError, match="no completions to score against"):
+        evaluate_run(gen_run, str(prompts_only))
