@@ -70,6 +70,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             recipe.tokenizer.name_or_path or recipe.model.name_or_path,
             revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
             trust_remote_code=recipe.model.trust_remote_code,
+            key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
         )
     model = build_model(recipe, task, tokenizer, head_kwargs)
     _check_lengths(recipe, model.config)
@@ -116,6 +117,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             "runtime_s": round(result.train_runtime, 2),
             "examples": len(splits["train"]),
             "processes": accelerator.num_processes,
+            "padding_fraction": round(result.padding_fraction, 4),
             "skipped_nonfinite_batches": result.state.skipped_nonfinite,
         },
         "metric_for_best": result.metric_for_best,

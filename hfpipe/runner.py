@@ -60,6 +60,14 @@ class BatchSampler:
     def __iter__(self):
         return iter(self.batches())
 
+    def padding_fraction(self) -> float:
+        """Share of the batch slots (batch x its longest example) that are padding, in this epoch."""
+        real = slots = 0
+        for batch in self.batches():
+            lengths = [self.lengths[i] for i in batch]
+            real, slots = real + sum(lengths), slots + max(lengths) * len(lengths)
+        return 1 - real / slots if slots else 0.0
+
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
@@ -141,6 +149,7 @@ class FitResult:
     validation: dict
     train_runtime: float
     metric_for_best: str | None
+    padding_fraction: float = 0.0  # of the training batches (0 for packed blocks)
 
 
 def make_accelerator(recipe):
@@ -198,6 +207,8 @@ def fit(
 
     train_ds, train_lengths = split_lengths(train_ds)
     sampler = BatchSampler(train_lengths, spec.batch_size, spec.seed, spec.group_by_length)
+    padding = sampler.padding_fraction()
+    log.info("training batches: %.1f%% padding", 100 * padding)
     train_dl = DataLoader(
         train_ds,
         batch_sampler=sampler,
@@ -523,7 +534,9 @@ def fit(
         final.to(accelerator.device)
         validation = _best_eval(metrics_log, state.best_step)
     accelerator.free_memory()
-    return FitResult(final, state, validation, runtime, metric_for_best if eval_dl is not None else None)
+    return FitResult(
+        final, state, validation, runtime, metric_for_best if eval_dl is not None else None, padding
+    )
 
 
 class TrainingInterrupted(TrainingError):

@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from hfpipe.errors import RecipeError
 
 log = logging.getLogger("hfpipe")
 
 
-def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    key: str = "tokenizer.name_or_path",
+):
     from transformers import AutoTokenizer
 
+    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise RecipeError(f"no such directory: {name_or_path} (a path, not a Hub name)", key=key)
     try:
         return AutoTokenizer.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise RecipeError(
-            f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}", key="tokenizer.name_or_path"
-        ) from None
+        raise RecipeError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}", key=key) from None
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a Hub name (which is `name` or `namespace/name`)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _first_line(exc: Exception) -> str:

@@ -30,6 +30,7 @@ def test_tiny_gpt2_learns_and_reports_perplexity(clm_run):
     for split in ("validation", "test"):
         assert metrics[split]["perplexity"] == pytest.approx(math.exp(metrics[split]["loss"]), rel=1e-6)
     assert metrics["metric_for_best"] == "perplexity"
+    assert metrics["train"]["padding_fraction"] == 0  # packed: every block is full
     assert metrics["validation"]["perplexity"] < 300  # vocabulary size: what a uniform guess scores
 
 
@@ -77,3 +78,29 @@ def test_non_text_in_a_corpus_is_a_located_error(tmp_path):
     with pytest.raises(DataError) as info:
         train(recipe)
     assert info.value.line == 2 and "expected text, got 7" in info.value.message
+
+
+def test_continued_pretraining_from_a_run_directory(clm_run, tmp_path):
+    """Domain adaptation: a causal-LM run (model and tokenizer) is the starting point of another."""
+    corpus = tmp_path / "domain.txt"
+    corpus.write_text("the ending was superb and the cast was warm\n" * 40 + "\nthe plot was dull\n" * 10)
+    recipe = load_recipe(
+        RECIPES / "gpt2-clm-pretrain.yaml",
+        [
+            *TINY_GPT2,
+            "~model.architecture",
+            "~model.config",
+            "~tokenizer.train",
+            f"model.name_or_path={clm_run}",
+            "~data.builtin",
+            f"data.train={corpus}",
+            "data.validation_fraction=0.2",
+            "data.max_length=16",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    run = train(recipe)
+    before = json.loads((clm_run / "config.json").read_text())
+    after = json.loads((run / "config.json").read_text())
+    assert after["vocab_size"] == before["vocab_size"]  # the run's own tokenizer, not a new one
+    assert json.loads((run / "metrics.json").read_text())["validation"]["perplexity"] > 1

@@ -147,3 +147,14 @@ def test_mlm_pretraining_beats_random_init_at_equal_steps(tmp_path):
         )
         accuracy[name] = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
     assert accuracy["from-mlm"] > accuracy["scratch-baseline"] + 0.1, accuracy
+
+
+def test_chain_without_its_first_run_says_so(cli, tmp_path):
+    result = cli(
+        "train",
+        RECIPES / "bert-sentiment-from-mlm.yaml",
+        f"model.name_or_path={tmp_path / 'not-trained-yet'}",
+        f"output_dir={tmp_path / 'out'}",
+    )
+    assert result.exit_code == 2
+    assert "model.name_or_path: no such directory" in result.output

@@ -62,7 +62,7 @@ def configure(raw, recipe) -> dict:
     key = "data.template" if recipe.data.template else "data.columns.prompt"
     for split in raw.splits:
         require_columns(raw, split, prompt_fields, [key] * len(prompt_fields))
-        if split == "train":  # validation and test may lack completions only if they are predicted
+        if split != "test":  # a test split without completions is generated for instead of scored
             ckey = "data.template" if recipe.data.template else "data.columns.completion"
             require_columns(raw, split, completion_fields, [ckey] * len(completion_fields))
     return {}
