@@ -81,7 +81,10 @@ def _rows(raw, split: str, recipe) -> tuple[list[str], list[str | None]]:
                 raise DataError(
                     f"column {column!r}: expected text, got {value!r}", **raw.where(split, example)
                 )
-        prompt, completion = _render(example, recipe)
+        try:
+            prompt, completion = _render(example, recipe)
+        except (ValueError, TypeError) as exc:  # a format spec that does not fit the value, e.g. {n:d}
+            raise DataError(f"data.template: {exc}", **raw.where(split, example)) from None
         if completion is not None and not completion.strip():
             raise DataError("empty completion: nothing to learn", **raw.where(split, example))
         prompts.append(prompt)
