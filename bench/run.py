@@ -1,7 +1,10 @@
-"""hfpipe benchmarks (not tests): CLI start-up, loop throughput against plain PyTorch, padding on SST-2.
+"""hfpipe benchmarks (not tests): start-up, loop throughput vs plain PyTorch, padding, causal-LM pretraining.
+
+Causal LM: a small GPT-2 on tinyshakespeare, tokens/s against plain PyTorch and validation perplexity.
 
     make bench                      # writes bench/results.json
     .venv/bin/python bench/run.py --only startup,throughput
+    .venv/bin/python bench/run.py --only causal_lm --output /tmp/causal_bench.json
 
 Throughput is compared as a ratio measured in one process, alternating the two loops (A B A B) on the
 same model, batches and optimizer, because runs of the same command on this machine vary by ~15%.
@@ -93,7 +96,9 @@ def _hfpipe_loop(recipe, task, tokenizer, model, train, run_dir: Path) -> tuple[
 
 
 def _plain_loop(recipe, task, tokenizer, model, train) -> tuple[float, int, int]:
-    """What people write by hand: same batches, AdamW, linear schedule, clipping; no Accelerate."""
+    """What people write by hand: same batches, AdamW, the recipe's schedule, clipping; no Accelerate."""
+    import math
+
     import torch
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
@@ -105,12 +110,27 @@ def _plain_loop(recipe, task, tokenizer, model, train) -> tuple[float, int, int]
     train, lengths = split_lengths(train)
     sampler = BatchSampler(lengths, spec.batch_size, spec.seed, spec.group_by_length)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=task.collator(tokenizer, recipe))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=spec.max_steps)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        betas=tuple(spec.adam_betas),
+        eps=spec.adam_epsilon,
+    )
+    warmup = (
+        spec.warmup_steps if spec.warmup_steps is not None else math.ceil(spec.warmup_ratio * spec.max_steps)
+    )
+    scheduler = get_scheduler(
+        spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=spec.max_steps,
+    )
     model.train()
-    examples = tokens = step = 0
+    examples = tokens = step = epoch = 0
     start = time.perf_counter()
     while step < spec.max_steps:
+        sampler.set_epoch(epoch)
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
@@ -119,10 +139,13 @@ def _plain_loop(recipe, task, tokenizer, model, train) -> tuple[float, int, int]
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             examples += batch["input_ids"].shape[0]
-            tokens += int(batch["attention_mask"].sum())
+            # Counted as hfpipe counts them: real tokens, or every token of packed (unpadded) blocks.
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             step += 1
             if step == spec.max_steps:
                 break
+        epoch += 1
     loss.item()
     return time.perf_counter() - start, examples, tokens
 
@@ -216,10 +239,175 @@ def bench_padding(batch_size: int = 32, max_length: int = 128) -> dict:
     }
 
 
+# The issue's small GPT-2: about 4M parameters with a 3,000-token vocabulary.
+CAUSAL_LM_CONFIG = {"n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 128}
+
+
+def _prepared_causal_lm(workdir: Path, batch_size: int, vocab_size: int, steps: int):
+    """Recipe, task, tokenizer, model and prepared splits of a tinyshakespeare causal-LM run.
+
+    Built as hfpipe.api.train builds them (load_raw, configure, train_tokenizer, build_model, prepare),
+    from .txt files: the first 90% of the corpus's lines train, the last 10% validate.
+    """
+    from hfpipe.api import _check_lengths, _quiet_libraries
+    from hfpipe.data import load_raw
+    from hfpipe.models import build_model
+    from hfpipe.recipe.load import validate_dict
+    from hfpipe.tasks import get_task
+    from hfpipe.tokenization import train_tokenizer
+
+    _quiet_libraries()
+    lines = (SHARED / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    cut = round(len(lines) * 0.9)
+    (workdir / "train.txt").write_text("".join(lines[:cut]), encoding="utf-8")
+    (workdir / "validation.txt").write_text("".join(lines[cut:]), encoding="utf-8")
+    block_size = CAUSAL_LM_CONFIG["n_positions"]
+    recipe = validate_dict(
+        {
+            "task": "causal-lm",
+            "model": {"architecture": "gpt2", "config": dict(CAUSAL_LM_CONFIG)},
+            "tokenizer": {"train": {"vocab_size": vocab_size, "lowercase": False}},
+            "data": {
+                "train": str(workdir / "train.txt"),
+                "validation": str(workdir / "validation.txt"),
+                "max_length": block_size,
+            },
+            "train": {
+                "max_steps": steps,
+                "batch_size": batch_size,
+                "lr": 1.0e-3,
+                "scheduler": "cosine",
+                "warmup_ratio": 0.05,
+                "eval_every": "never",
+                "save_every": "never",
+                "log_every": 50,
+            },
+            "output_dir": str(workdir / "run"),
+        }
+    )
+    timings = {}
+    start = time.perf_counter()
+    task = get_task(recipe.task)
+    raw = load_raw(recipe)
+    head = task.configure(raw, recipe)
+    timings["load_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(
+        task.training_text(raw, recipe), recipe.tokenizer.train, recipe.model.architecture, block_size
+    )
+    timings["tokenizer_s"] = time.perf_counter() - start
+    model = build_model(recipe, task, tokenizer, head)
+    _check_lengths(recipe, model.config)
+    start = time.perf_counter()
+    splits = {name: task.prepare(raw, name, tokenizer, model.config, recipe) for name in raw.splits}
+    timings["prepare_s"] = time.perf_counter() - start
+    return recipe, task, tokenizer, model, splits, timings
+
+
+def bench_causal_lm(
+    steps: int = 200, round_steps: int = 16, rounds: int = 5, batch_size: int = 16, vocab_size: int = 3000
+) -> dict:
+    """GPT-2 pretraining on tinyshakespeare: tokens/s of hfpipe's loop over a plain loop (median ratio of
+    alternating rounds on the same model, batches and optimizer settings), then the validation
+    perplexity after a fixed token budget (`steps` x batch_size x block_size) of hfpipe's loop."""
+    path = SHARED / "tinyshakespeare" / "input.txt"
+    if not path.exists():
+        return {"skipped": "no data"}
+    import copy
+    import tempfile
+
+    import torch
+
+    from hfpipe.api import score
+
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hfpipe-bench-clm-") as tmp:
+        workdir = Path(tmp)
+        recipe, task, tokenizer, model, splits, timings = _prepared_causal_lm(
+            workdir, batch_size, vocab_size, steps
+        )
+        train, validation = splits["train"], splits["validation"]
+        block_size = recipe.data.max_length
+        initial = copy.deepcopy(model.state_dict())
+        run_dir = workdir / "run"
+
+        def with_steps(n: int):
+            return recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": n})})
+
+        def validation_metrics() -> tuple[dict, float]:
+            start = time.perf_counter()
+            metrics = score(model, tokenizer, validation, task, recipe)  # the task's evaluate
+            return metrics, time.perf_counter() - start
+
+        # Ratio rounds: both loops from the same initial weights on the same batches, back to back.
+        short = with_steps(round_steps)
+        _plain_loop(with_steps(3), task, tokenizer, model, train)  # warm-up: allocator, kernels
+        runs: dict[str, list[dict]] = {"hfpipe": [], "plain": []}
+        after_round: dict[str, float] = {}
+        for index in range(rounds):
+            for name in ("hfpipe", "plain"):
+                model.load_state_dict(initial)
+                if name == "hfpipe":
+                    seconds, _, tokens = _hfpipe_loop(short, task, tokenizer, model, train, run_dir)
+                else:
+                    seconds, _, tokens = _plain_loop(short, task, tokenizer, model, train)
+                runs[name].append({"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds})
+                if index == rounds - 1:
+                    # Same init, batches and schedule: both loops should reach about the same loss.
+                    after_round[name] = validation_metrics()[0]["loss"]
+        ratios = [
+            h["tokens_per_s"] / p["tokens_per_s"] for h, p in zip(runs["hfpipe"], runs["plain"], strict=True)
+        ]
+        rounds_s = sum(r["seconds"] for rs in runs.values() for r in rs)
+
+        # The perplexity run: hfpipe's loop for the whole token budget, then the validation split.
+        model.load_state_dict(initial)
+        train_s, _, tokens_trained = _hfpipe_loop(recipe, task, tokenizer, model, train, run_dir)
+        logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        final_train_loss = [r for r in logged if r.get("type") == "train"][-1]["loss"]
+        metrics, eval_s = validation_metrics()
+
+    return {
+        "data": "tinyshakespeare input.txt: first 90% of lines train, last 10% validation; "
+        "one line per document, EOS between documents, packed into full blocks",
+        "model": f"gpt2 {model.config.n_layer} layers, n_embd {model.config.n_embd}, "
+        f"{model.config.n_head} heads, {model.num_parameters():,} parameters",
+        "parameters": model.num_parameters(),
+        "vocab_size": len(tokenizer),
+        "block_size": block_size,
+        "batch_size": batch_size,
+        "train_blocks": len(train),
+        "validation_blocks": len(validation),
+        "torch_threads": torch.get_num_threads(),
+        "round_steps": round_steps,
+        "runs": runs,
+        "hfpipe_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in runs["hfpipe"]), 1),
+        "plain_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in runs["plain"]), 1),
+        "ratio_per_round": [round(r, 3) for r in ratios],
+        "ratio_hfpipe_over_plain": round(statistics.median(ratios), 3),
+        "target_ratio": 0.95,
+        "validation_loss_after_one_round": {k: round(v, 4) for k, v in after_round.items()},
+        "steps": steps,
+        "tokens_trained": tokens_trained,
+        "epochs": round(tokens_trained / (len(train) * block_size), 3),
+        "lr": recipe.train.lr,
+        "scheduler": f"{recipe.train.scheduler}, warmup_ratio {recipe.train.warmup_ratio}",
+        "final_train_loss": round(final_train_loss, 4),
+        "validation_loss": round(metrics["loss"], 4),
+        "validation_perplexity": round(metrics["perplexity"], 2),
+        "train_s": round(train_s, 1),
+        "train_tokens_per_s": round(tokens_trained / train_s, 1),
+        "eval_s": round(eval_s, 1),
+        "rounds_s": round(rounds_s, 1),
+        **{k: round(v, 1) for k, v in timings.items()},
+        "total_s": round(time.perf_counter() - began, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--only", default="startup,throughput,padding")
+    parser.add_argument("--only", default="startup,throughput,padding,causal_lm")
     args = parser.parse_args()
     out = Path(args.output)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -230,9 +418,12 @@ def main() -> None:
     }
     for name in args.only.split(","):
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        results[name] = {"startup": bench_startup, "throughput": bench_throughput, "padding": bench_padding}[
-            name
-        ]()
+        results[name] = {
+            "startup": bench_startup,
+            "throughput": bench_throughput,
+            "padding": bench_padding,
+            "causal_lm": bench_causal_lm,
+        }[name]()
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     import torch
     import transformers
