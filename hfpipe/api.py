@@ -58,12 +58,11 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     if resume_from is not None:
         tokenizer = load_tokenizer(str(resume_from / "tokenizer"))  # the one the run started with
     elif recipe.tokenizer.train is not None:
-        max_positions = recipe.model.config.get("max_position_embeddings", 512)
         tokenizer = train_tokenizer(  # deterministic: every process trains the same one
             task.training_text(raw, recipe),
             recipe.tokenizer.train,
             recipe.model.architecture,
-            model_max_length=max_positions,
+            model_max_length=512,  # set from the model's config once it is built
         )
     else:
         tokenizer = load_tokenizer(
@@ -73,6 +72,10 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
         )
     model = build_model(recipe, task, tokenizer, head_kwargs)
+    if recipe.tokenizer.train is not None and resume_from is None:
+        # A trained tokenizer knows the model's positions (BERT max_position_embeddings, GPT-2 n_positions),
+        # so pipeline(...) on the run directory never truncates past them.
+        tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", None) or 512
     _check_lengths(recipe, model.config)
     resolve_metric_for_best(recipe, task, model.config)
     digests = data_fingerprint(recipe)

@@ -104,3 +104,9 @@ def test_continued_pretraining_from_a_run_directory(clm_run, tmp_path):
     after = json.loads((run / "config.json").read_text())
     assert after["vocab_size"] == before["vocab_size"]  # the run's own tokenizer, not a new one
     assert json.loads((run / "metrics.json").read_text())["validation"]["perplexity"] > 1
+
+
+def test_trained_tokenizer_knows_the_models_positions(clm_run):
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(clm_run).model_max_length == 32  # n_positions of TINY_GPT2
