@@ -127,6 +127,8 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         "best_step": result.state.best_step,
         "validation": result.validation,
     }
+    if task.metric_signatures is not None:
+        metrics["metric_signatures"] = task.metric_signatures()
     test = splits.get("test")
     labelled = test is not None and ("labels" in test.column_names or not task.needs_labels)
     if labelled:
@@ -209,12 +211,10 @@ def data_fingerprint(recipe) -> dict[str, str]:
     """sha256 of every data file the recipe reads (built-in and Hub data are defined by the recipe)."""
     import hashlib
 
-    files = []
-    for split in ("train", "validation", "test"):
-        value = getattr(recipe.data, split)
-        files += [value] if isinstance(value, str) else list(value or [])
+    from hfpipe.data import data_files
+
     out = {}
-    for path in files:
+    for path in data_files(recipe.data):
         with open(path, "rb") as f:
             out[path] = hashlib.file_digest(f, "sha256").hexdigest()
     return out
@@ -438,4 +438,48 @@ def generate_run(
         raise DataError("nothing to generate from: give --prompt or a --file with rows")
     predictions = generate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec, seed=seed)
     shown = [{"prompt": r[LITERAL]} if LITERAL in r else r for r in rows]
+    return shown, predictions
+
+
+def translate_run(
+    run_dir: str | Path,
+    texts: list[str] | None = None,
+    file: str | Path | None = None,
+    *,
+    settings: dict | None = None,
+    batch_size: int = 16,
+) -> tuple[list[dict], list[dict]]:
+    """(input rows, [{"translation": ...}]) for `texts` or the rows of `file` (.txt: one source per line;
+    csv / jsonl: the column named data.source_lang, or a `translation` column)."""
+    from hfpipe.data import FILE, ROW
+    from hfpipe.data import _load_files as load_files
+    from hfpipe.errors import RecipeError
+    from hfpipe.tasks.translation import LITERAL
+    from hfpipe.tasks.translation import predict as translate
+
+    recipe, task, model, tokenizer = open_run(run_dir)
+    if task.name != "translation":
+        raise RunError(
+            f"a {task.name} run does not translate (translate takes a translation run)", file=str(run_dir)
+        )
+    try:
+        spec = type(recipe.generation).model_validate({**recipe.generation.model_dump(), **(settings or {})})
+    except ValueError as exc:
+        raise RecipeError(f"invalid generation option: {exc.errors()[0]['msg']}") from None
+    if file is not None:
+        path = Path(file)
+        if path.suffix.lower() == ".txt":
+            if not path.exists():
+                raise DataError("file not found", file=str(path))
+            lines = decode_utf8(path.read_bytes(), DataError, str(path)).split("\n")
+            rows = [{LITERAL: line.removesuffix("\r")} for line in lines if line.strip()]
+        else:
+            ds = load_files([str(path.resolve())], "auto", [], [])
+            rows = [{k: v for k, v in r.items() if k not in (ROW, FILE)} for r in ds]
+    else:
+        rows = [{LITERAL: t} for t in texts or []]
+    if not rows:
+        raise DataError("nothing to translate: give --text or a --file with rows")
+    predictions = translate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec)
+    shown = [{recipe.data.source_lang: r[LITERAL]} if LITERAL in r else r for r in rows]
     return shown, predictions

@@ -18,6 +18,10 @@ class Architecture:
     description: str
     # Special tokens in id order; the trained tokenizer gives them ids 0..n-1.
     special_tokens: dict[str, str] = field(default_factory=dict)
+    # Encoder-decoders: what the tokenizer adds around a text ("$A </s>"), and which special token
+    # starts the decoder (T5 and Marian: pad; BART: eos).
+    template: str | None = None
+    decoder_start: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -59,5 +63,55 @@ register_architecture(
             "unk_token": "<|endoftext|>",
             "pad_token": "<|endoftext|>",
         },
+    )
+)
+
+
+_SEQ2SEQ_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+register_architecture(
+    Architecture(
+        name="t5",
+        model_type="t5",
+        tokenizer="byte-level-bpe",
+        tokenizer_class="PreTrainedTokenizerFast",
+        description="T5 encoder-decoder (one byte-level BPE for both languages; inputs end in </s>; the "
+        "decoder starts from <pad>).",
+        special_tokens=dict(_SEQ2SEQ_SPECIALS),
+        template="$A </s>",
+        decoder_start="pad_token",
+    )
+)
+
+register_architecture(
+    Architecture(
+        name="bart",
+        model_type="bart",
+        tokenizer="byte-level-bpe",
+        tokenizer_class="BartTokenizerFast",
+        description="BART encoder-decoder (byte-level BPE; <s> text </s>; the decoder starts from </s>).",
+        special_tokens={
+            "bos_token": "<s>",
+            "pad_token": "<pad>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "mask_token": "<mask>",
+        },
+        template="<s> $A </s>",
+        decoder_start="eos_token",
+    )
+)
+
+register_architecture(
+    Architecture(
+        name="marian",
+        model_type="marian",
+        tokenizer="byte-level-bpe",
+        tokenizer_class="PreTrainedTokenizerFast",
+        description="Marian encoder-decoder (one byte-level BPE for both languages, no vocab files to "
+        "download; inputs end in </s>; the decoder starts from <pad>).",
+        special_tokens=dict(_SEQ2SEQ_SPECIALS),
+        template="$A </s>",
+        decoder_start="pad_token",
     )
 )

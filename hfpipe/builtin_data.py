@@ -127,3 +127,91 @@ def sentiment(train_size: int, validation_size: int, test_size: int, seed: int) 
 
 
 GENERATORS: dict[str, Callable[..., dict[str, list[dict]]]] = {"sentiment": sentiment}
+
+
+# --- translation: English -> "Zeta", an invented language with its own word order --------------------
+# Zeta puts the verb last (subject object verb), adjectives after their noun, a fronted adverb, marks
+# the plural on the article and the noun, and the tense on the verb. Every word has one translation, so
+# a small model can reach a high BLEU, but only by learning the reordering, not word by word.
+
+_EN_NOUNS = (
+    "cat dog bird horse farmer child teacher doctor king queen baker sailor fox wolf bear "
+    "student painter singer soldier merchant"
+).split()
+_EN_ADJECTIVES = "old young small big red green happy tired clever quiet brave lazy".split()
+# (base, third person singular, past)
+_EN_VERBS = [
+    ("see", "sees", "saw"),
+    ("help", "helps", "helped"),
+    ("follow", "follows", "followed"),
+    ("call", "calls", "called"),
+    ("find", "finds", "found"),
+    ("watch", "watches", "watched"),
+    ("meet", "meets", "met"),
+    ("greet", "greets", "greeted"),
+    ("chase", "chases", "chased"),
+    ("teach", "teaches", "taught"),
+]
+_EN_ADVERBS = "today yesterday often quickly slowly never".split()
+
+
+def _zeta_lexicon() -> dict[str, str]:
+    """One invented word per English word, fixed for all time (a seeded RNG over syllables)."""
+    rng = random.Random("zeta-lexicon")
+    onsets, vowels, codas = (
+        "b d f g k l m n p r s t v z".split(),
+        "a e i o u".split(),
+        ["", "", "n", "r", "l"],
+    )
+    words: dict[str, str] = {}
+    used: set[str] = set()
+    for english in [*_EN_NOUNS, *_EN_ADJECTIVES, *(v[0] for v in _EN_VERBS), *_EN_ADVERBS]:
+        while True:
+            word = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.choice((2, 2, 3))))
+            word += rng.choice(codas)
+            if word not in used:
+                break
+        used.add(word)
+        words[english] = word
+    return words
+
+
+_ZETA = _zeta_lexicon()
+
+
+def _translation_pair(rng: random.Random) -> tuple[str, str]:
+    def noun_phrase() -> tuple[str, str, bool]:
+        noun, plural = rng.choice(_EN_NOUNS), rng.random() < 0.3
+        adjectives = rng.sample(_EN_ADJECTIVES, rng.choice((0, 0, 1, 1, 2)))
+        article = rng.choice(("the", "a")) if not plural else "the"
+        en = " ".join([article if not plural else "the", *adjectives, noun + ("s" if plural else "")])
+        zt_article = {"the": "lo", "a": "na"}[article] + ("i" if plural else "")
+        zt = " ".join([zt_article, _ZETA[noun] + ("i" if plural else ""), *(_ZETA[a] for a in adjectives)])
+        return en, zt, plural
+
+    subject_en, subject_zt, plural = noun_phrase()
+    object_en, object_zt, _ = noun_phrase()
+    base, third, past = rng.choice(_EN_VERBS)
+    tense = rng.choice(("present", "past"))
+    verb_en = past if tense == "past" else (base if plural else third)
+    verb_zt = _ZETA[base] + ("-ta" if tense == "past" else "-mo")
+    adverb = rng.choice(_EN_ADVERBS) if rng.random() < 0.4 else None
+    english = f"{subject_en} {verb_en} {object_en}" + (f" {adverb}" if adverb else "")
+    zeta = (f"{_ZETA[adverb]} " if adverb else "") + f"{subject_zt} {object_zt} {verb_zt}"
+    return english[0].upper() + english[1:] + ".", zeta[0].upper() + zeta[1:] + "."
+
+
+def translation(train_size: int, validation_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
+    """English -> Zeta sentence pairs: columns en, zt. Held-out splits are new sentences (own streams)."""
+    out: dict[str, list[dict]] = {}
+    for offset, (split, size) in enumerate(
+        (("train", train_size), ("validation", validation_size), ("test", test_size))
+    ):
+        if size == 0:
+            continue
+        rng = random.Random(f"translation/{seed}/{offset}")
+        out[split] = [dict(zip(("en", "zt"), _translation_pair(rng), strict=True)) for _ in range(size)]
+    return out
+
+
+GENERATORS["translation"] = translation

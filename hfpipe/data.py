@@ -221,6 +221,64 @@ def _load_files(
         ) from None
 
 
+def parallel_files(prefix: str, source: str, target: str) -> tuple[str, str]:
+    return f"{prefix}.{source}", f"{prefix}.{target}"
+
+
+def _read_lines(path: str) -> list[str]:
+    """Lines split on newlines only (a line may hold tabs or other separators); a final newline ends it."""
+    shown = _shown(path)
+    if not os.path.exists(path):
+        raise DataError("file not found", file=shown)
+    if os.path.isdir(path):
+        raise DataError("is a directory, not a data file", file=shown)
+    text = decode_utf8(Path(path).read_bytes(), DataError, shown)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise DataError("file is empty", file=shown)
+    return lines
+
+
+def _load_parallel(prefixes: list[str], source: str, target: str, files: list[str], formats: list[str]):
+    """Aligned PREFIX.source / PREFIX.target files -> a dataset with one column per language."""
+    import datasets
+
+    parts = []
+    for prefix in prefixes:
+        src_path, tgt_path = parallel_files(prefix, source, target)
+        src, tgt = _read_lines(src_path), _read_lines(tgt_path)
+        if len(src) != len(tgt):
+            raise DataError(
+                f"misaligned parallel files: {len(src)} lines in {_shown(src_path)}, {len(tgt)} in "
+                f"{_shown(tgt_path)}",
+                file=f"{_shown(src_path)}, {_shown(tgt_path)}",
+            )
+        files.append(src_path)
+        formats.append("text")  # rows are lines: errors point at line row + 1 of the source file
+        parts.append(
+            datasets.Dataset.from_dict(
+                {source: src, target: tgt, ROW: list(range(len(src))), FILE: [len(files) - 1] * len(src)}
+            )
+        )
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def data_files(data) -> list[str]:
+    """Every file the data section reads (for content hashes)."""
+    out = []
+    for split in SPLITS:
+        value = getattr(data, split)
+        paths = [value] if isinstance(value, str) else list(value or [])
+        for path in paths:
+            if data.format == "parallel":
+                out += parallel_files(path, data.source_lang, data.target_lang)
+            else:
+                out.append(path)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # The entry point
 
@@ -253,7 +311,10 @@ def load_raw(recipe) -> RawData:
             if value is None:
                 continue
             paths = [value] if isinstance(value, str) else list(value)
-            splits[split] = _load_files(paths, data.format, files, formats, data.text_unit)
+            if data.format == "parallel":
+                splits[split] = _load_parallel(paths, data.source_lang, data.target_lang, files, formats)
+            else:
+                splits[split] = _load_files(paths, data.format, files, formats, data.text_unit)
         raw = RawData(splits, files, formats, text_unit=data.text_unit)
 
     if "validation" not in raw.splits and data.validation_fraction:

@@ -27,6 +27,8 @@ DERIVED_KEYS = (
     "pad_token_id",
     "bos_token_id",
     "eos_token_id",
+    "decoder_start_token_id",
+    "forced_eos_token_id",
     "num_labels",
     "id2label",
     "label2id",
@@ -77,16 +79,21 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
         config_class = transformers.CONFIG_MAPPING[arch.model_type]
         _check_config_keys(config_class, spec.config, "model.config")
         special = {
-            k: tokenizer.convert_tokens_to_ids(v)
+            f"{k}_id": tokenizer.convert_tokens_to_ids(v)
             for k, v in arch.special_tokens.items()
             if k in ("pad_token", "bos_token", "eos_token")
         }
+        if arch.decoder_start:  # encoder-decoders: the decoder's first token, and the one that must end
+            special["decoder_start_token_id"] = special[f"{arch.decoder_start}_id"]
+            special["forced_eos_token_id"] = special["eos_token_id"]
+            if arch.model_type == "marian":  # Marian names its pad-like start token separately
+                special["decoder_vocab_size"] = len(tokenizer)
         transformers.set_seed(recipe.train.seed)  # the random init is part of the recipe's seed
         try:
             config = config_class(
                 **spec.config,
                 vocab_size=len(tokenizer),
-                **{f"{k}_id": v for k, v in special.items()},
+                **special,
                 **head_kwargs,
             )
             model = cls.from_config(config)

@@ -152,7 +152,7 @@ def _train_byte_level_bpe(texts, spec, arch, model_max_length: int):
     tokenizers' BpeTrainer with a ByteLevel pre-tokenizer is deterministic (measured, 0.23.3).
     """
     import transformers
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     specials = list(dict.fromkeys(arch.special_tokens.values()))
     tok = Tokenizer(models.BPE())
@@ -168,6 +168,11 @@ def _train_byte_level_bpe(texts, spec, arch, model_max_length: int):
         show_progress=False,
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer)
+    if arch.template:  # encoder-decoders: the tokenizer adds </s> (and <s>) itself, as theirs do
+        tok.post_processor = processors.TemplateProcessing(
+            single=arch.template,
+            special_tokens=[(t, tok.token_to_id(t)) for t in arch.template.split() if t != "$A"],
+        )
     wrapper = getattr(transformers, arch.tokenizer_class)
     hf_tok = wrapper(tokenizer_object=tok, model_max_length=model_max_length, **arch.special_tokens)
     log.info("trained a %s tokenizer: %d tokens (asked for %d)", spec.algorithm, len(hf_tok), spec.vocab_size)

@@ -171,6 +171,44 @@ def generate(
         _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
 
 
+def translate(
+    run_dir: RunDirArg,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="Source text (repeatable).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help=".txt (one source per line) or csv / jsonl with the source language's column.",
+        ),
+    ] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Default: the recipe's.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Default: the recipe's.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write translations as JSON lines here.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+) -> None:
+    """Translate with a translation run: batched by length, beam search, one JSON line per source."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.errors import DataError
+
+        if (text is None) == (file is None):
+            raise DataError("give --text (repeatable) or --file, not both and not neither")
+        settings = {
+            k: v
+            for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items()
+            if v is not None
+        }
+        from hfpipe.api import translate_run
+
+        rows, preds = translate_run(run_dir, text, file, settings=settings, batch_size=batch_size)
+        _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
+
+
 def _emit(lines: list[str], output: Path | None) -> None:
     if output:
         from hfpipe.io import atomic_write_text
@@ -186,3 +224,4 @@ def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.command()(predict)
     app.command()(generate)
+    app.command()(translate)

@@ -177,8 +177,11 @@ class Data(Section):
     test: Files | None = Field(
         None, description="Test file(s), scored once at the end with the best model.", json_schema_extra=PATH
     )
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text"] = Field(
-        "auto", description="File format; auto picks it from the file extension (.txt is text)."
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "parallel"] = Field(
+        "auto",
+        description="File format; auto picks it from the file extension (.txt is text). parallel: each split "
+        "is a path prefix of two aligned text files, PREFIX.SOURCE_LANG and PREFIX.TARGET_LANG (one sentence "
+        "per line).",
     )
     text_unit: Literal["line", "paragraph", "file"] = Field(
         "line",
@@ -213,6 +216,22 @@ class Data(Section):
     max_eval_samples: int | None = Field(
         None, ge=1, description="Use only the first N validation / test rows."
     )
+    source_lang: str | None = Field(
+        None,
+        description="translation: source language code: a column of that name, a key of a `translation` "
+        "column (the WMT layout), or the suffix of parallel files.",
+    )
+    target_lang: str | None = Field(None, description="translation: target language code (as source_lang).")
+    source_prefix: str | None = Field(
+        None,
+        description='translation: text put before every source, e.g. "translate English to German: " (T5).',
+    )
+    max_target_length: int | None = Field(
+        None,
+        ge=2,
+        description="translation: truncate targets to this many tokens (default: max_length, "
+        "which limits the sources).",
+    )
     cache: bool = Field(
         True,
         description="Reuse tokenized splits from an earlier run with the same data contents, tokenizer and "
@@ -226,6 +245,12 @@ class Data(Section):
             raise ValueError("give data.train (files), data.dataset (Hub) or data.builtin")
         if len(sources) > 1:
             raise ValueError(f"give only one data source, not {' and '.join(sources)}")
+        if self.format == "parallel" and not (self.source_lang and self.target_lang):
+            raise ValueError("data.format: parallel needs data.source_lang and data.target_lang")
+        if (self.source_lang is None) != (self.target_lang is None):
+            raise ValueError("give both data.source_lang and data.target_lang")
+        if self.source_lang is not None and self.source_lang == self.target_lang:
+            raise ValueError("data.source_lang and data.target_lang are the same")
         if self.validation is not None and self.validation_fraction is not None:
             raise ValueError("give data.validation or data.validation_fraction, not both")
         if self.labels is not None:

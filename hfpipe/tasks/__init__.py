@@ -38,6 +38,8 @@ class Task:
     predict: Callable[..., list[dict[str, Any]]]
     # Language modelling scores any text; a classifier needs labels (without them a test split is predicted)
     needs_labels: bool = True
+    # () -> {metric: signature} of the reference implementations, recorded in metrics.json
+    metric_signatures: Callable[[], dict[str, str]] | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -51,7 +53,13 @@ def register(task: Task) -> Task:
 
 
 def _load_builtin() -> None:
-    from hfpipe.tasks import causal_lm, classification, generation, masked_lm  # noqa: F401  (each registers itself)
+    from hfpipe.tasks import (  # noqa: F401  (each registers itself)
+        causal_lm,
+        classification,
+        generation,
+        masked_lm,
+        translation,
+    )
 
 
 def task_names() -> list[str]:

@@ -1,0 +1,304 @@
+"""Translation with encoder-decoders (T5, BART, Marian): source -> target, scored by BLEU and chrF.
+
+Pairs come from a `translation` column ({"en": ..., "de": ...}, the WMT layout), from two columns named
+by the language codes, or from aligned PREFIX.en / PREFIX.de files (data.format: parallel). The source
+gets data.source_prefix (T5's "translate English to German: "); targets become labels (padding -100);
+the model builds its decoder inputs from them with its own decoder_start_token_id.
+
+Evaluation: the mean token loss over all target tokens, then beam search on every example (batches
+come length-sorted) and corpus BLEU and chrF from sacrebleu, the reference implementation, whose
+signatures go to metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from hfpipe.data import FILE, ROW
+from hfpipe.errors import DataError, RecipeError
+from hfpipe.tasks import Task, register
+
+log = logging.getLogger("hfpipe")
+
+LITERAL = "_source"  # a row key holding the source text itself (hfpipe translate --text)
+
+
+def _langs(recipe) -> tuple[str, str]:
+    data = recipe.data
+    if not (data.source_lang and data.target_lang):
+        raise RecipeError("translation needs data.source_lang and data.target_lang", key="data.source_lang")
+    return data.source_lang, data.target_lang
+
+
+def configure(raw, recipe) -> dict:
+    source, target = _langs(recipe)
+    for split, ds in raw.splits.items():
+        names = [c for c in ds.column_names if c not in (ROW, FILE)]
+        if "translation" in names:
+            continue
+        needed = [source] + ([target] if split != "test" else [])
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise DataError(
+                f"no column {missing[0]!r} and no 'translation' column (columns: {', '.join(names)}; the "
+                "language codes data.source_lang / data.target_lang name the columns)",
+                **raw.where(split),
+            )
+    prefix = recipe.data.source_prefix
+    # pipeline("translation_xx_to_yy", model=RUN_DIR) then adds the prefix itself, as for T5 checkpoints.
+    return {"task_specific_params": {f"translation_{source}_to_{target}": {"prefix": prefix or ""}}}
+
+
+def _pairs(raw, split: str, recipe) -> tuple[list[str], list[str | None]]:
+    """Sources and targets (None when the split has no targets); DataError (file, line) for bad rows."""
+    source, target = _langs(recipe)
+    ds = raw.splits[split]
+    nested = "translation" in ds.column_names
+    sources, targets = [], []
+    for example in ds:
+        pair = example["translation"] if nested else example
+        if not isinstance(pair, dict):
+            raise DataError(
+                f"column 'translation': expected an object, got {pair!r}", **raw.where(split, example)
+            )
+        for lang in (source, target):
+            value = pair.get(lang)
+            if lang == target and value is None and not nested and target not in ds.column_names:
+                continue  # an unlabelled test split
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(
+                    f"{'translation.' if nested else 'column '}{lang!r}: expected text, got {value!r}",
+                    **raw.where(split, example),
+                )
+        sources.append(pair[source])
+        targets.append(pair.get(target))
+    return sources, targets
+
+
+def training_text(raw, recipe):
+    """Both languages: one tokenizer (and one embedding matrix) serves source and target."""
+    spec = recipe.tokenizer.train
+    sources, targets = _pairs(raw, "train", recipe)
+    limit = spec.max_examples if spec is not None and spec.max_examples else len(sources)
+    for s, t in zip(sources[:limit], targets[:limit], strict=True):
+        yield s
+        yield t
+
+
+def _prefix(recipe, config) -> str:
+    prefix = recipe.data.source_prefix or ""
+    if not prefix and getattr(config, "model_type", None) == "t5" and recipe.model.name_or_path:
+        log.warning(
+            "a pretrained T5 model without data.source_prefix: T5 expects one, "
+            'e.g. "translate English to German: "'
+        )
+    return prefix
+
+
+def prepare(raw, split: str, tokenizer, config, recipe):
+    import datasets
+
+    sources, targets = _pairs(raw, split, recipe)
+    source_limit = recipe.data.max_length
+    target_limit = recipe.data.max_target_length or recipe.data.max_length
+    enc = tokenizer([_prefix(recipe, config) + s for s in sources], truncation=True, max_length=source_limit)
+    columns = {"input_ids": enc["input_ids"], "length": [len(i) for i in enc["input_ids"]]}
+    cut = sum(len(i) == source_limit for i in enc["input_ids"])
+    if all(t is not None for t in targets):
+        labels = tokenizer(text_target=targets, truncation=True, max_length=target_limit)["input_ids"]
+        columns["labels"] = labels
+        cut_targets = sum(len(i) == target_limit for i in labels)
+        if cut_targets:
+            log.warning(
+                "%s: %d targets reach data.max_target_length=%d (cut)", split, cut_targets, target_limit
+            )
+    if cut:
+        log.warning("%s: %d sources reach data.max_length=%d (cut)", split, cut, source_limit)
+    return datasets.Dataset.from_dict(columns)
+
+
+def collator(tokenizer, recipe, train: bool = True):
+    import torch
+
+    pad = tokenizer.pad_token_id
+
+    def pad_to(rows, value):
+        width = max(map(len, rows))
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for r, row in enumerate(rows):
+            out[r, : len(row)] = torch.tensor(row)
+        return out
+
+    def collate(features):
+        batch = {
+            "input_ids": pad_to([f["input_ids"] for f in features], pad),
+            "attention_mask": pad_to([[1] * len(f["input_ids"]) for f in features], 0),
+        }
+        if "labels" in features[0]:
+            batch["labels"] = pad_to([f["labels"] for f in features], -100)
+        return batch
+
+    return collate
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generating and scoring
+
+
+def generation_kwargs(settings, tokenizer) -> dict:
+    kwargs = {"max_new_tokens": settings.max_new_tokens, "num_beams": settings.num_beams, "do_sample": False}
+    if settings.num_beams > 1:
+        kwargs["length_penalty"] = settings.length_penalty
+    lang_codes = getattr(tokenizer, "lang_code_to_id", None)  # mBART-style: force the target language
+    if lang_codes and getattr(tokenizer, "tgt_lang", None) in lang_codes:
+        kwargs["forced_bos_token_id"] = lang_codes[tokenizer.tgt_lang]
+    return kwargs
+
+
+def translate_ids(model, input_ids, attention_mask, kwargs) -> list[list[int]]:
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return out.tolist()
+
+
+def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for batch in dataloader:
+            logits = model(**batch).logits.float()
+            labels = batch["labels"]
+            per_token = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none", ignore_index=-100
+            ).view(labels.shape)
+            summed, count = accelerator.gather_for_metrics(
+                (per_token.sum(dim=1), (labels != -100).sum(dim=1))
+            )
+            sums.append(summed.double().cpu())
+            counts.append(count.cpu())
+    if not sums:
+        model.train()
+        return {}
+    loss = (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()
+    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700))}
+    budget = recipe.generation.eval_samples
+    if tokenizer is not None and budget != 0:
+        per_process = math.inf if budget is None else math.ceil(budget / accelerator.num_processes)
+        unwrapped = accelerator.unwrap_model(model)
+        kwargs = generation_kwargs(recipe.generation, tokenizer)
+        hypotheses, references, done = [], [], 0
+        with torch.no_grad():
+            for batch in dataloader:  # every batch is visited so all processes stay in step
+                take = int(min(len(batch["input_ids"]), max(per_process - done, 0)))
+                pairs = []
+                if take:
+                    generated = translate_ids(
+                        unwrapped, batch["input_ids"][:take], batch["attention_mask"][:take], kwargs
+                    )
+                    labels = batch["labels"][:take]
+                    for g, ref in zip(generated, labels, strict=True):
+                        pairs.append(
+                            (
+                                tokenizer.decode(g, skip_special_tokens=True).strip(),
+                                tokenizer.decode(ref[ref != -100].tolist(), skip_special_tokens=True).strip(),
+                            )
+                        )
+                    done += take
+                for hypothesis, reference in accelerator.gather_for_metrics(pairs, use_gather_object=True):
+                    hypotheses.append(hypothesis)
+                    references.append(reference)
+        metrics.update(corpus_scores(hypotheses, references))
+    model.train()
+    return metrics
+
+
+def _scorers():
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return BLEU(), CHRF()
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, exp smoothing; chrF n=6, beta=2)."""
+    if not hypotheses:
+        return {}
+    bleu, chrf = _scorers()
+    return {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
+        "generated": float(len(hypotheses)),
+    }
+
+
+def metric_signatures() -> dict[str, str]:
+    bleu, chrf = _scorers()
+    for metric in (bleu, chrf):  # sacrebleu fills in its signature (e.g. nrefs) once it has scored
+        metric.corpus_score(["a"], [["a"]])
+    return {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
+
+
+def primary_metric(config) -> str:
+    return "bleu"
+
+
+def metric_names(config) -> list[str]:
+    return ["loss", "perplexity", "bleu", "chrf"]
+
+
+def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16, settings=None) -> list[dict]:
+    """A translation per row: rows hold the source (LITERAL) or a column named data.source_lang."""
+    import torch
+
+    source, _ = _langs(recipe)
+    texts = []
+    for number, row in enumerate(rows, start=1):
+        text = row.get(LITERAL, row.get(source))
+        if text is None and isinstance(row.get("translation"), dict):
+            text = row["translation"].get(source)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"row {number}: no {source!r} text to translate")
+        texts.append(text)
+    prefix = _prefix(recipe, model.config)
+    kwargs = generation_kwargs(settings or recipe.generation, tokenizer)
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: list[dict] = [{} for _ in texts]
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [prefix + texts[i] for i in idx],
+                truncation=True,
+                max_length=recipe.data.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            for i, ids in zip(
+                idx, translate_ids(model, enc["input_ids"], enc["attention_mask"], kwargs), strict=True
+            ):
+                out[i] = {"translation": tokenizer.decode(ids, skip_special_tokens=True).strip()}
+    return out
+
+
+TRANSLATION = register(
+    Task(
+        name="translation",
+        description="Encoder-decoder translation (T5, BART, Marian); scored by sacrebleu BLEU and chrF.",
+        auto_model="AutoModelForSeq2SeqLM",
+        peft_task_type="SEQ_2_SEQ_LM",
+        pipeline_tag="translation",
+        configure=configure,
+        training_text=training_text,
+        prepare=prepare,
+        collator=collator,
+        evaluate=evaluate,
+        primary_metric=primary_metric,
+        metric_names=metric_names,
+        predict=predict,
+        metric_signatures=metric_signatures,
+    )
+)
