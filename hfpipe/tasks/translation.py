@@ -96,9 +96,26 @@ def _prefix(recipe, config) -> str:
     return prefix
 
 
+def set_lang_codes(tokenizer, recipe) -> None:
+    """mBART-style tokenizers: src_lang / tgt_lang from the recipe's codes ("en" matches "en_XX")."""
+    codes = getattr(tokenizer, "lang_code_to_id", None)
+    if not codes:
+        return
+    for attribute, lang in zip(("src_lang", "tgt_lang"), _langs(recipe), strict=True):
+        matches = [c for c in codes if c == lang] or [c for c in codes if c.split("_")[0] == lang]
+        if len(matches) != 1:
+            raise RecipeError(
+                f"the tokenizer's language codes have {len(matches)} matches for {lang!r}; use one of its codes "
+                f"({', '.join(sorted(codes)[:8])}, ...)",
+                key="data.source_lang" if attribute == "src_lang" else "data.target_lang",
+            )
+        setattr(tokenizer, attribute, matches[0])
+
+
 def prepare(raw, split: str, tokenizer, config, recipe):
     import datasets
 
+    set_lang_codes(tokenizer, recipe)
     sources, targets = _pairs(raw, split, recipe)
     source_limit = recipe.data.max_length
     target_limit = recipe.data.max_target_length or recipe.data.max_length
@@ -262,6 +279,7 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16, se
             raise DataError(f"row {number}: no {source!r} text to translate")
         texts.append(text)
     prefix = _prefix(recipe, model.config)
+    set_lang_codes(tokenizer, recipe)
     kwargs = generation_kwargs(settings or recipe.generation, tokenizer)
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

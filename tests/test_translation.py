@@ -1,0 +1,189 @@
+"""Translation: data layouts, the three families, labels, BLEU / chrF as sacrebleu computes them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import RECIPES, write
+
+from hfpipe.api import open_run, train, translate_run
+from hfpipe.data import load_raw
+from hfpipe.errors import DataError, RecipeError
+from hfpipe.recipe import load_recipe
+
+TINY_T5 = [
+    "model.config.d_model=32",
+    "model.config.d_ff=64",
+    "model.config.d_kv=16",
+    "model.config.num_heads=2",
+    "model.config.num_layers=1",
+    "model.config.num_decoder_layers=1",
+    "tokenizer.train.vocab_size=500",
+    "data.max_length=80",
+    "data.max_target_length=64",
+    "data.builtin.train_size=800",
+    "data.builtin.validation_size=40",
+    "data.builtin.test_size=40",
+    "generation.num_beams=2",
+    "generation.max_new_tokens=24",
+    "train.epochs=4",
+    "train.batch_size=16",
+    "train.lr=5e-3",
+    "train.log_every=5",
+    "train.save_every=never",
+]
+TINY_BART_LIKE = [
+    "model.config.d_model=32",
+    "model.config.encoder_layers=1",
+    "model.config.decoder_layers=1",
+    "model.config.encoder_attention_heads=2",
+    "model.config.decoder_attention_heads=2",
+    "model.config.encoder_ffn_dim=64",
+    "model.config.decoder_ffn_dim=64",
+    *TINY_T5[6:],
+]
+
+
+def t5_recipe(tmp_path, *overrides, out="run"):
+    return load_recipe(
+        RECIPES / "t5-translation.yaml", [*TINY_T5, *overrides, f"output_dir={tmp_path / out}"]
+    )
+
+
+@pytest.fixture(scope="module")
+def t5_run(tmp_path_factory):
+    return train(t5_recipe(tmp_path_factory.mktemp("t5")))
+
+
+def test_t5_learns_and_scores_with_sacrebleu(t5_run):
+    import sacrebleu
+
+    records = [json.loads(line) for line in (t5_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.7, losses
+    metrics = json.loads((t5_run / "metrics.json").read_text())
+    assert metrics["metric_for_best"] == "bleu"
+    assert (
+        "tok:13a" in metrics["metric_signatures"]["bleu"] and "nc:6" in metrics["metric_signatures"]["chrf"]
+    )
+    # The test metrics are sacrebleu's corpus scores of what `hfpipe translate` outputs for the test split.
+    recipe, *_ = open_run(t5_run)
+    test = load_raw(recipe).splits["test"]
+    _, out = translate_run(t5_run, list(test["en"]), batch_size=7)
+    hypotheses = [o["translation"] for o in out]
+    assert metrics["test"]["bleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(hypotheses, [list(test["zt"])]).score
+    )
+    assert metrics["test"]["chrf"] == pytest.approx(
+        sacrebleu.corpus_chrf(hypotheses, [list(test["zt"])]).score
+    )
+    assert metrics["test"]["chrf"] > 8  # learnt something of the target language (untrained: ~2)
+
+
+def test_labels_and_decoder_start_per_family(t5_run, tmp_path):
+    from hfpipe.tasks.translation import collator
+
+    recipe, task, model, tokenizer = open_run(t5_run)
+    assert model.config.decoder_start_token_id == tokenizer.pad_token_id  # T5 starts from <pad>
+    ids = tokenizer("The cat sees the dog.")["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id  # T5 inputs end in </s>
+    batch = collator(tokenizer, recipe)(
+        [{"input_ids": [5, 6, 1], "labels": [7, 1]}, {"input_ids": [5, 1], "labels": [8, 9, 1]}]
+    )
+    assert batch["labels"].tolist() == [[7, 1, -100], [8, 9, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    for family, start in (("bart", "eos_token_id"), ("marian", "pad_token_id")):
+        run = train(
+            load_recipe(
+                RECIPES / f"{family}-translation.yaml",
+                [
+                    *TINY_BART_LIKE,
+                    "train.max_steps=3",
+                    "generation.eval_samples=4",
+                    f"output_dir={tmp_path / family}",
+                ],
+            )
+        )
+        _, _, model, tokenizer = open_run(run)
+        assert model.config.decoder_start_token_id == getattr(tokenizer, start), family
+        assert translate_run(run, ["The cat sees the dog."])[1][0]["translation"] is not None
+
+
+def test_prepared_pairs_put_the_prefix_on_the_source(t5_run):
+    recipe, task, model, tokenizer = open_run(t5_run)
+    raw = load_raw(recipe)
+    prepared = task.prepare(raw, "validation", tokenizer, model.config, recipe)
+    row = raw.splits["validation"][0]
+    assert tokenizer.decode(prepared[0]["input_ids"], skip_special_tokens=True) == (
+        "translate English to Zeta: " + row["en"]
+    )
+    assert tokenizer.decode(prepared[0]["labels"], skip_special_tokens=True) == row["zt"]
+
+
+def test_batched_translation_equals_one_at_a_time_and_pipeline_agrees(t5_run):
+    from transformers import pipeline
+
+    sources = ["The cat sees the dog.", "The old kings followed a quiet brave fox yesterday.", "A bird."]
+    _, batched = translate_run(t5_run, sources, batch_size=3)
+    single = [translate_run(t5_run, [s], batch_size=1)[1][0] for s in sources]
+    assert batched == single
+    translator = pipeline("translation_en_to_zt", model=str(t5_run), device="cpu")  # adds the T5 prefix
+    theirs = translator(sources[0], num_beams=2, max_new_tokens=24)[0]["translation_text"]
+    assert theirs.strip() == batched[0]["translation"]
+
+
+def test_data_layouts_wmt_columns_and_parallel_files(tmp_path):
+    pairs = [("a red cat", "na mir"), ("the dog\twith a tab", "lo dor\tta")]
+    wmt = write(
+        tmp_path / "wmt.jsonl",
+        "".join(json.dumps({"translation": {"en": e, "zt": z}}) + "\n" for e, z in pairs),
+    )
+    cols = write(tmp_path / "cols.csv", "en,zt\n" + "".join(f'"{e}","{z}"\n' for e, z in pairs))
+    write(tmp_path / "train.en", "".join(e + "\n" for e, _ in pairs))
+    write(tmp_path / "train.zt", "".join(z + "\n" for _, z in pairs))
+    from hfpipe.tasks.translation import _pairs
+
+    for overrides in (
+        [f"data.train={wmt}"],
+        [f"data.train={cols}"],
+        [f"data.train={tmp_path / 'train'}", "data.format=parallel"],
+    ):
+        recipe = t5_recipe(tmp_path, "~data.builtin", *overrides)
+        sources, targets = _pairs(load_raw(recipe), "train", recipe)
+        assert list(zip(sources, targets, strict=True)) == pairs, overrides
+
+
+def test_data_errors(tmp_path):
+    write(tmp_path / "bad.en", "one\ntwo\nthree\n")
+    write(tmp_path / "bad.zt", "un\ndeux\n")
+    recipe = t5_recipe(tmp_path, "~data.builtin", f"data.train={tmp_path / 'bad'}", "data.format=parallel")
+    with pytest.raises(DataError) as info:
+        train(recipe)
+    assert (
+        "misaligned" in info.value.message
+        and "3 lines" in info.value.message
+        and "2 in" in info.value.message
+    )
+    assert "bad.en" in str(info.value) and "bad.zt" in str(info.value)
+    empty = write(
+        tmp_path / "e.jsonl",
+        json.dumps({"en": "a cat", "zt": "na mir"}) + "\n" + json.dumps({"en": "x", "zt": ""}) + "\n",
+    )
+    with pytest.raises(DataError) as info:
+        train(t5_recipe(tmp_path, "~data.builtin", f"data.train={empty}"))
+    assert info.value.line == 2 and "'zt'" in info.value.message
+    with pytest.raises(RecipeError, match="source_lang"):
+        t5_recipe(tmp_path, "~data.target_lang")
+
+
+def test_translate_cli(t5_run, tiny_run, cli, tmp_path):
+    sources = write(tmp_path / "src.txt", "The cat sees the dog.\n\nA bird\twith a tab.\n")
+    out = tmp_path / "out.jsonl"
+    result = cli("translate", t5_run, "--file", sources, "--output", out, "--num-beams", "1")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["en"] for x in lines] == ["The cat sees the dog.", "A bird\twith a tab."]
+    assert all(isinstance(x["translation"], str) for x in lines)
+    assert cli("translate", tiny_run, "--text", "hello").exit_code == 5
+    assert cli("translate", t5_run).exit_code == 3
