@@ -272,7 +272,7 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16, se
     source, _ = _langs(recipe)
     texts = []
     for number, row in enumerate(rows, start=1):
-        text = row.get(LITERAL, row.get(source))
+        text = row.get(LITERAL, row.get(source, row.get(recipe.data.columns.text)))  # text: hfpipe predict
         if text is None and isinstance(row.get("translation"), dict):
             text = row["translation"].get(source)
         if not isinstance(text, str) or not text.strip():
