@@ -222,13 +222,14 @@ def data_fingerprint(recipe) -> dict[str, str]:
 
 def _check_lengths(recipe, config) -> None:
     limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and recipe.data.max_length > limit:
-        from hfpipe.errors import RecipeError
+    for key in ("max_length", "max_target_length"):
+        value = getattr(recipe.data, key)
+        if limit is not None and value is not None and value > limit:
+            from hfpipe.errors import RecipeError
 
-        raise RecipeError(
-            f"{recipe.data.max_length} is more than the model's max_position_embeddings ({limit})",
-            key="data.max_length",
-        )
+            raise RecipeError(
+                f"{value} is more than the model's max_position_embeddings ({limit})", key=f"data.{key}"
+            )
 
 
 def _write_test_predictions(model, tokenizer, raw, task, recipe, run_dir: Path) -> None:

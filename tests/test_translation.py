@@ -41,6 +41,7 @@ TINY_BART_LIKE = [
     "model.config.decoder_attention_heads=2",
     "model.config.encoder_ffn_dim=64",
     "model.config.decoder_ffn_dim=64",
+    "model.config.max_position_embeddings=96",
     *TINY_T5[6:],
 ]
 
@@ -121,16 +122,23 @@ def test_prepared_pairs_put_the_prefix_on_the_source(t5_run):
     assert tokenizer.decode(prepared[0]["labels"], skip_special_tokens=True) == row["zt"]
 
 
-def test_batched_translation_equals_one_at_a_time_and_pipeline_agrees(t5_run):
-    from transformers import pipeline
+def test_batched_translation_equals_one_at_a_time_and_plain_transformers_agrees(t5_run):
+    """transformers 5 removed pipeline("translation"); the run directory is a plain seq2seq model whose
+    config carries the source prefix, and plain AutoModel + generate gives hfpipe's output."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     sources = ["The cat sees the dog.", "The old kings followed a quiet brave fox yesterday.", "A bird."]
     _, batched = translate_run(t5_run, sources, batch_size=3)
     single = [translate_run(t5_run, [s], batch_size=1)[1][0] for s in sources]
     assert batched == single
-    translator = pipeline("translation_en_to_zt", model=str(t5_run), device="cpu")  # adds the T5 prefix
-    theirs = translator(sources[0], num_beams=2, max_new_tokens=24)[0]["translation_text"]
-    assert theirs.strip() == batched[0]["translation"]
+    tokenizer = AutoTokenizer.from_pretrained(t5_run)
+    model = AutoModelForSeq2SeqLM.from_pretrained(t5_run).eval()
+    prefix = model.config.task_specific_params["translation_en_to_zt"]["prefix"]
+    assert prefix == "translate English to Zeta: "
+    ids = model.generate(
+        **tokenizer(prefix + sources[1], return_tensors="pt"), num_beams=2, max_new_tokens=24
+    )
+    assert tokenizer.decode(ids[0], skip_special_tokens=True).strip() == batched[1]["translation"]
 
 
 def test_data_layouts_wmt_columns_and_parallel_files(tmp_path):
