@@ -195,3 +195,27 @@ def test_translate_cli(t5_run, tiny_run, cli, tmp_path):
     assert all(isinstance(x["translation"], str) for x in lines)
     assert cli("translate", tiny_run, "--text", "hello").exit_code == 5
     assert cli("translate", t5_run).exit_code == 3
+
+
+def test_pretrained_t5_without_a_prefix_warns(t5_run, tmp_path, caplog):
+    import logging
+
+    recipe = t5_recipe(
+        tmp_path,
+        "~model.architecture",
+        "~model.config",
+        "~tokenizer.train",
+        f"model.name_or_path={t5_run}",
+        "~data.source_prefix",
+        "train.max_steps=1",
+        "generation.eval_samples=2",
+    )
+    with caplog.at_level(logging.WARNING, logger="hfpipe"):
+        train(recipe)
+    assert "T5 expects one" in caplog.text
+
+
+def test_predict_on_a_translation_run(t5_run, cli):
+    result = cli("predict", t5_run, "--text", "The cat sees the dog.")
+    assert result.exit_code == 0, result.output
+    assert "translation" in json.loads(result.output.strip().splitlines()[-1])
