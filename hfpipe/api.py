@@ -222,6 +222,13 @@ def data_fingerprint(recipe) -> dict[str, str]:
 
 def _check_lengths(recipe, config) -> None:
     limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.is_encoder_decoder and recipe.generation.max_new_tokens > limit:
+        from hfpipe.errors import RecipeError
+
+        raise RecipeError(
+            f"{recipe.generation.max_new_tokens} is more than the decoder's max_position_embeddings ({limit})",
+            key="generation.max_new_tokens",
+        )
     for key in ("max_length", "max_target_length"):
         value = getattr(recipe.data, key)
         if limit is not None and value is not None and value > limit:
@@ -257,6 +264,10 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None) -> dict:
     from hfpipe.runner import eval_batches, split_lengths
 
     accelerator = accelerator or Accelerator()
+    if recipe.generation.eval_samples:  # a limit is for evaluations during training; a score uses all rows
+        recipe = recipe.model_copy(
+            update={"generation": recipe.generation.model_copy(update={"eval_samples": None})}
+        )
     dataset, lengths = split_lengths(dataset)
     batch_size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
     dl = DataLoader(
@@ -422,7 +433,8 @@ def generate_run(
         spec = recipe.generation.model_copy(update=settings or {})
         spec = type(spec).model_validate(spec.model_dump())  # the overrides get the recipe's checks
     except ValueError as exc:
-        raise RecipeError(f"invalid generation option: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        raise RecipeError(f"invalid --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
     if file is not None:
         path = Path(file)
         if path.suffix.lower() == ".txt":
@@ -466,7 +478,13 @@ def translate_run(
     try:
         spec = type(recipe.generation).model_validate({**recipe.generation.model_dump(), **(settings or {})})
     except ValueError as exc:
-        raise RecipeError(f"invalid generation option: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        raise RecipeError(f"invalid --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and spec.max_new_tokens > limit:
+        raise RecipeError(
+            f"--max-new-tokens {spec.max_new_tokens} is more than the model's {limit} positions"
+        )
     if file is not None:
         path = Path(file)
         if path.suffix.lower() == ".txt":

@@ -55,7 +55,7 @@ register_architecture(
         name="gpt2",
         model_type="gpt2",
         tokenizer="byte-level-bpe",
-        tokenizer_class="GPT2TokenizerFast",
+        tokenizer_class="PreTrainedTokenizerFast",  # GPT2Tokenizer drops a trained normalizer on reload
         description="GPT-2 decoder (byte-level BPE tokenizer; <|endoftext|> is bos, eos, unk and pad).",
         special_tokens={
             "bos_token": "<|endoftext|>",
@@ -88,7 +88,7 @@ register_architecture(
         name="bart",
         model_type="bart",
         tokenizer="byte-level-bpe",
-        tokenizer_class="BartTokenizerFast",
+        tokenizer_class="PreTrainedTokenizerFast",  # RobertaTokenizer drops a normalizer on reload
         description="BART encoder-decoder (byte-level BPE; <s> text </s>; the decoder starts from </s>).",
         special_tokens={
             "bos_token": "<s>",

@@ -171,9 +171,19 @@ def make_accelerator(recipe):
 def resolve_metric_for_best(recipe, task, config) -> str:
     """train.metric_for_best (an `eval_` prefix, as in transformers, is accepted) or the task's default."""
     name = recipe.train.metric_for_best
+    generated = ("bleu", "chrf", "exact_match")  # need generation at evaluation
     if name is None:
-        return task.primary_metric(config)
+        name = task.primary_metric(config)
+        # generation.eval_samples: 0 (loss only) falls back to the loss
+        return "loss" if name in generated and recipe.generation.eval_samples == 0 else name
     name = name.removeprefix("eval_")
+    if name in generated and recipe.generation.eval_samples == 0:
+        from hfpipe.errors import RecipeError
+
+        raise RecipeError(
+            f"{name} needs generated outputs, but generation.eval_samples is 0 (loss only)",
+            key="train.metric_for_best",
+        )
     known = task.metric_names(config)
     if name not in known:
         from hfpipe.errors import RecipeError, did_you_mean

@@ -110,3 +110,21 @@ def test_trained_tokenizer_knows_the_models_positions(clm_run):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(clm_run).model_max_length == 32  # n_positions of TINY_GPT2
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "bart", "t5", "marian"])
+def test_trained_byte_level_tokenizer_reloads_identical(architecture, tmp_path):
+    """transformers 5's GPT2Tokenizer / RobertaTokenizer rebuild themselves from vocab and merges and drop
+    a trained normalizer (lowercasing): hfpipe saves them as generic fast tokenizers, which keep it."""
+    from transformers import AutoTokenizer
+
+    from hfpipe.recipe.schema import TokenizerTraining
+    from hfpipe.tokenization import train_tokenizer
+
+    texts = ["Der Müller sieht den Hund.", "The Cat sees the dog."] * 50
+    spec = TokenizerTraining(algorithm="byte-level-bpe", vocab_size=300, lowercase=True)
+    trained = train_tokenizer(texts, spec, architecture, 64)
+    trained.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "Der Müller SIEHT the CAT"
+    assert reloaded(text)["input_ids"] == trained(text)["input_ids"]

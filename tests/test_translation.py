@@ -219,3 +219,17 @@ def test_predict_on_a_translation_run(t5_run, cli):
     result = cli("predict", t5_run, "--text", "The cat sees the dog.")
     assert result.exit_code == 0, result.output
     assert "translation" in json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_loss_only_evaluation_and_impossible_lengths(tmp_path):
+    with pytest.raises(RecipeError, match="eval_samples is 0"):
+        train(t5_recipe(tmp_path, "generation.eval_samples=0", "train.metric_for_best=bleu"))
+    run = train(t5_recipe(tmp_path, "generation.eval_samples=0", "train.max_steps=2", out="loss-only"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metric_for_best"] == "loss" and "bleu" not in metrics["validation"]
+    marian = load_recipe(
+        RECIPES / "marian-translation.yaml",
+        [*TINY_BART_LIKE, "generation.max_new_tokens=200", f"output_dir={tmp_path / 'm'}"],
+    )
+    with pytest.raises(RecipeError, match="generation.max_new_tokens"):
+        train(marian)

@@ -13,7 +13,6 @@ score exact match and chrF (sacrebleu) against the reference.
 from __future__ import annotations
 
 import logging
-import math
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError
@@ -150,7 +149,12 @@ def prepare(raw, split: str, tokenizer, config, recipe):
         sum(map(len, inputs)),
     )
     return datasets.Dataset.from_dict(
-        {"input_ids": inputs, "labels": labels, "length": [len(i) for i in inputs]}
+        {
+            "input_ids": inputs,
+            "labels": labels,
+            "length": [len(i) for i in inputs],
+            "row": list(range(len(inputs))),
+        }
     )
 
 
@@ -171,7 +175,10 @@ def collator(tokenizer, recipe, train: bool = True):
             mask[row, :n] = 1
             if "labels" in f:
                 labels[row, :n] = torch.tensor(f["labels"])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if not train and "row" in features[0]:  # evaluation generates for the split's first rows
+            batch["row"] = torch.tensor([f["row"] for f in features])
+        return batch
 
     return collate
 
@@ -247,35 +254,41 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
     budget = recipe.generation.eval_samples
     if tokenizer is None or budget == 0 or not metrics:
         return metrics
-    # Per process, the first examples of its shard; every batch is still visited (and gathered), so all
-    # processes stay in step and the loader ends normally.
-    per_process = math.inf if budget is None else math.ceil(budget / accelerator.num_processes)
+    # The split's first `budget` rows (by row order, not by length), each generated once: rows repeated
+    # to even out processes come back with the same row number and are dropped.
     unwrapped = accelerator.unwrap_model(model)
     kwargs = generation_kwargs(recipe.generation, tokenizer, sampling=False)
-    done, hypotheses, references = 0, [], []
+    local = []
     for batch in dataloader:
+        chosen = [i for i, row in enumerate(batch["row"].tolist()) if budget is None or row < budget]
         prompts, targets = [], []
-        for ids, mask, labels in zip(
-            batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
-        ):
-            if done + len(prompts) >= per_process:
-                break
+        for i in chosen:
+            ids, mask, labels = batch["input_ids"][i], batch["attention_mask"][i], batch["labels"][i]
             prompts.append(ids[mask.bool() & (labels == -100)].tolist())  # the prompt: unlabelled real tokens
             targets.append(labels[labels != -100].tolist())
-        done += len(prompts)
         generated = generate_ids(unwrapped, tokenizer, prompts, kwargs, len(prompts)) if prompts else []
-        pairs = [
-            (
-                tokenizer.decode(g, skip_special_tokens=True).strip(),
-                tokenizer.decode(t, skip_special_tokens=True).strip(),
+        for i, g, t in zip(chosen, generated, targets, strict=True):
+            local.append(
+                (
+                    int(batch["row"][i]),
+                    tokenizer.decode(g, skip_special_tokens=True).strip(),
+                    tokenizer.decode(t, skip_special_tokens=True).strip(),
+                )
             )
-            for g, t in zip(generated, targets, strict=True)
-        ]
-        for hypothesis, reference in accelerator.gather_for_metrics(pairs, use_gather_object=True):
-            hypotheses.append(hypothesis)
-            references.append(reference)
+    hypotheses, references = unique_rows(accelerator, local)
     metrics.update(text_metrics(hypotheses, references))
     return metrics
+
+
+def unique_rows(accelerator, local: list[tuple[int, str, str]]) -> tuple[list[str], list[str]]:
+    """(hypotheses, references) from every process, once per row, in row order."""
+    from accelerate.utils import gather_object
+
+    rows = dict(
+        (row, (h, r)) for row, h, r in (gather_object(local) if accelerator.num_processes > 1 else local)
+    )
+    ordered = [rows[k] for k in sorted(rows)]
+    return [h for h, _ in ordered], [r for _, r in ordered]
 
 
 def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:

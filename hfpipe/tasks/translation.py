@@ -120,7 +120,11 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     source_limit = recipe.data.max_length
     target_limit = recipe.data.max_target_length or recipe.data.max_length
     enc = tokenizer([_prefix(recipe, config) + s for s in sources], truncation=True, max_length=source_limit)
-    columns = {"input_ids": enc["input_ids"], "length": [len(i) for i in enc["input_ids"]]}
+    columns = {
+        "input_ids": enc["input_ids"],
+        "length": [len(i) for i in enc["input_ids"]],
+        "row": list(range(len(sources))),
+    }
     cut = sum(len(i) == source_limit for i in enc["input_ids"])
     if all(t is not None for t in targets):
         labels = tokenizer(text_target=targets, truncation=True, max_length=target_limit)["input_ids"]
@@ -154,6 +158,8 @@ def collator(tokenizer, recipe, train: bool = True):
         }
         if "labels" in features[0]:
             batch["labels"] = pad_to([f["labels"] for f in features], -100)
+        if not train and "row" in features[0]:  # evaluation translates the split's first rows
+            batch["row"] = torch.tensor([f["row"] for f in features])
         return batch
 
     return collate
@@ -186,7 +192,8 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
     sums, counts = [], []
     with torch.no_grad():
         for batch in dataloader:
-            logits = model(**batch).logits.float()
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+            logits = model(**inputs).logits.float()
             labels = batch["labels"]
             per_token = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none", ignore_index=-100
@@ -203,30 +210,30 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700))}
     budget = recipe.generation.eval_samples
     if tokenizer is not None and budget != 0:
-        per_process = math.inf if budget is None else math.ceil(budget / accelerator.num_processes)
+        from hfpipe.tasks.generation import unique_rows
+
+        # The split's first `budget` rows (row order), each once whatever the number of processes.
         unwrapped = accelerator.unwrap_model(model)
         kwargs = generation_kwargs(recipe.generation, tokenizer)
-        hypotheses, references, done = [], [], 0
+        local = []
         with torch.no_grad():
-            for batch in dataloader:  # every batch is visited so all processes stay in step
-                take = int(min(len(batch["input_ids"]), max(per_process - done, 0)))
-                pairs = []
-                if take:
-                    generated = translate_ids(
-                        unwrapped, batch["input_ids"][:take], batch["attention_mask"][:take], kwargs
-                    )
-                    labels = batch["labels"][:take]
-                    for g, ref in zip(generated, labels, strict=True):
-                        pairs.append(
-                            (
-                                tokenizer.decode(g, skip_special_tokens=True).strip(),
-                                tokenizer.decode(ref[ref != -100].tolist(), skip_special_tokens=True).strip(),
-                            )
+            for batch in dataloader:
+                chosen = [i for i, row in enumerate(batch["row"].tolist()) if budget is None or row < budget]
+                if not chosen:
+                    continue
+                generated = translate_ids(
+                    unwrapped, batch["input_ids"][chosen], batch["attention_mask"][chosen], kwargs
+                )
+                for i, g in zip(chosen, generated, strict=True):
+                    ref = batch["labels"][i]
+                    local.append(
+                        (
+                            int(batch["row"][i]),
+                            tokenizer.decode(g, skip_special_tokens=True).strip(),
+                            tokenizer.decode(ref[ref != -100].tolist(), skip_special_tokens=True).strip(),
                         )
-                    done += take
-                for hypothesis, reference in accelerator.gather_for_metrics(pairs, use_gather_object=True):
-                    hypotheses.append(hypothesis)
-                    references.append(reference)
+                    )
+        hypotheses, references = unique_rows(accelerator, local)
         metrics.update(corpus_scores(hypotheses, references))
     model.train()
     return metrics
