@@ -105,10 +105,13 @@ def collator(tokenizer, recipe, train: bool = True):
     return collate
 
 
-def token_loss_metrics(model, dataloader, accelerator, *, shift: bool) -> dict[str, float]:
+def token_loss_metrics(
+    model, dataloader, accelerator, *, shift: bool, seq2seq: bool = False
+) -> dict[str, float]:
     """Mean loss over every predicted token of the split (not a mean of batch means) and its exp.
 
-    shift=True: next-token prediction (causal); False: the labelled positions themselves (masked).
+    shift=True: next-token prediction (causal); False: the labelled positions themselves (masked, or an
+    encoder-decoder's target with seq2seq=True: the model builds its decoder inputs from the labels).
     """
     import torch
     import torch.nn.functional as F
@@ -117,9 +120,10 @@ def token_loss_metrics(model, dataloader, accelerator, *, shift: bool) -> dict[s
     sums, counts = [], []
     with torch.no_grad():
         for batch in dataloader:
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")
-            ).logits.float()
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+            if seq2seq:
+                inputs["labels"] = batch["labels"]
+            logits = model(**inputs).logits.float()
             targets = batch["labels"]
             if shift:
                 logits, targets = logits[:, :-1], targets[:, 1:]

@@ -13,7 +13,6 @@ signatures go to metrics.json.
 from __future__ import annotations
 
 import logging
-import math
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError, RecipeError
@@ -186,28 +185,12 @@ def translate_ids(model, input_ids, attention_mask, kwargs) -> list[list[int]]:
 
 def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str, float]:
     import torch
-    import torch.nn.functional as F
 
-    model.eval()
-    sums, counts = [], []
-    with torch.no_grad():
-        for batch in dataloader:
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-            logits = model(**inputs).logits.float()
-            labels = batch["labels"]
-            per_token = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none", ignore_index=-100
-            ).view(labels.shape)
-            summed, count = accelerator.gather_for_metrics(
-                (per_token.sum(dim=1), (labels != -100).sum(dim=1))
-            )
-            sums.append(summed.double().cpu())
-            counts.append(count.cpu())
-    if not sums:
-        model.train()
-        return {}
-    loss = (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()
-    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700))}
+    from hfpipe.tasks.causal_lm import token_loss_metrics
+
+    metrics = token_loss_metrics(model, dataloader, accelerator, shift=False, seq2seq=True)
+    if not metrics:
+        return metrics
     budget = recipe.generation.eval_samples
     if tokenizer is not None and budget != 0:
         from hfpipe.tasks.generation import unique_rows
@@ -216,6 +199,7 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
         unwrapped = accelerator.unwrap_model(model)
         kwargs = generation_kwargs(recipe.generation, tokenizer)
         local = []
+        model.eval()  # token_loss_metrics hands the model back in training mode: no dropout while decoding
         with torch.no_grad():
             for batch in dataloader:
                 chosen = [i for i, row in enumerate(batch["row"].tolist()) if budget is None or row < budget]
