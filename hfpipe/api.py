@@ -403,6 +403,41 @@ def predict_run(
 GENERATING_TASKS = ("causal-lm", "generation")
 
 
+def _generation_spec(recipe, model, settings: dict | None):
+    """The run's generation section with command-line overrides, checked as the recipe's would be."""
+    from hfpipe.errors import RecipeError
+
+    try:
+        spec = type(recipe.generation).model_validate({**recipe.generation.model_dump(), **(settings or {})})
+    except ValueError as exc:
+        error = exc.errors()[0]
+        raise RecipeError(f"invalid --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if model.config.is_encoder_decoder and limit is not None and spec.max_new_tokens > limit:
+        raise RecipeError(
+            f"--max-new-tokens {spec.max_new_tokens} is more than the decoder's {limit} positions"
+        )
+    return spec
+
+
+def _text_rows(file, texts: list[str] | None, literal: str) -> list[dict]:
+    """Rows for generate / translate: a .txt file's lines (split on newlines only) or `texts` as they are,
+    under the key `literal`; or the rows of a csv / tsv / json / jsonl / parquet file, all columns."""
+    from hfpipe.data import FILE, ROW
+    from hfpipe.data import _load_files as load_files
+
+    if file is None:
+        return [{literal: t} for t in texts or []]
+    path = Path(file)
+    if path.suffix.lower() == ".txt":
+        if not path.exists():
+            raise DataError("file not found", file=str(path))
+        lines = decode_utf8(path.read_bytes(), DataError, str(path)).split("\n")
+        return [{literal: line.removesuffix("\r")} for line in lines if line.strip()]
+    ds = load_files([str(path.resolve())], "auto", [], [])
+    return [{k: v for k, v in r.items() if k not in (ROW, FILE)} for r in ds]
+
+
 def generate_run(
     run_dir: str | Path,
     prompts: list[str] | None = None,
@@ -417,9 +452,6 @@ def generate_run(
     A .txt file holds one prompt per line; csv / jsonl rows are rendered with the run's prompt template
     (or its prompt column). `settings` override the run's generation section (max_new_tokens, ...).
     """
-    from hfpipe.data import FILE, ROW
-    from hfpipe.data import _load_files as load_files
-    from hfpipe.errors import RecipeError
     from hfpipe.tasks.generation import LITERAL
     from hfpipe.tasks.generation import predict as generate
 
@@ -429,24 +461,8 @@ def generate_run(
             f"a {task.name} run does not generate text (generate takes a {' or '.join(GENERATING_TASKS)} run)",
             file=str(run_dir),
         )
-    try:
-        spec = recipe.generation.model_copy(update=settings or {})
-        spec = type(spec).model_validate(spec.model_dump())  # the overrides get the recipe's checks
-    except ValueError as exc:
-        error = exc.errors()[0]
-        raise RecipeError(f"invalid --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
-    if file is not None:
-        path = Path(file)
-        if path.suffix.lower() == ".txt":
-            if not path.exists():
-                raise DataError("file not found", file=str(path))
-            lines = decode_utf8(path.read_bytes(), DataError, str(path)).splitlines()
-            rows = [{LITERAL: line} for line in lines if line.strip()]
-        else:
-            ds = load_files([str(path.resolve())], "auto", [], [])
-            rows = [{k: v for k, v in r.items() if k not in (ROW, FILE)} for r in ds]
-    else:
-        rows = [{LITERAL: p} for p in prompts or []]
+    spec = _generation_spec(recipe, model, settings)
+    rows = _text_rows(file, prompts, LITERAL)
     if not rows:
         raise DataError("nothing to generate from: give --prompt or a --file with rows")
     predictions = generate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec, seed=seed)
@@ -464,9 +480,6 @@ def translate_run(
 ) -> tuple[list[dict], list[dict]]:
     """(input rows, [{"translation": ...}]) for `texts` or the rows of `file` (.txt: one source per line;
     csv / jsonl: the column named data.source_lang, or a `translation` column)."""
-    from hfpipe.data import FILE, ROW
-    from hfpipe.data import _load_files as load_files
-    from hfpipe.errors import RecipeError
     from hfpipe.tasks.translation import LITERAL
     from hfpipe.tasks.translation import predict as translate
 
@@ -475,28 +488,8 @@ def translate_run(
         raise RunError(
             f"a {task.name} run does not translate (translate takes a translation run)", file=str(run_dir)
         )
-    try:
-        spec = type(recipe.generation).model_validate({**recipe.generation.model_dump(), **(settings or {})})
-    except ValueError as exc:
-        error = exc.errors()[0]
-        raise RecipeError(f"invalid --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and spec.max_new_tokens > limit:
-        raise RecipeError(
-            f"--max-new-tokens {spec.max_new_tokens} is more than the model's {limit} positions"
-        )
-    if file is not None:
-        path = Path(file)
-        if path.suffix.lower() == ".txt":
-            if not path.exists():
-                raise DataError("file not found", file=str(path))
-            lines = decode_utf8(path.read_bytes(), DataError, str(path)).split("\n")
-            rows = [{LITERAL: line.removesuffix("\r")} for line in lines if line.strip()]
-        else:
-            ds = load_files([str(path.resolve())], "auto", [], [])
-            rows = [{k: v for k, v in r.items() if k not in (ROW, FILE)} for r in ds]
-    else:
-        rows = [{LITERAL: t} for t in texts or []]
+    spec = _generation_spec(recipe, model, settings)
+    rows = _text_rows(file, texts, LITERAL)
     if not rows:
         raise DataError("nothing to translate: give --text or a --file with rows")
     predictions = translate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec)
