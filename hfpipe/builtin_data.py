@@ -109,20 +109,23 @@ def sentiment(train_size: int, validation_size: int, test_size: int, seed: int) 
     superb"): with the label it makes a small generation task ("positive (the cast)").
     """
     names = ("negative", "positive")
+
+    def row(rng: random.Random) -> dict:
+        text, label, aspect = _sentiment_sentence(rng)
+        if rng.random() < _LABEL_NOISE:
+            label = 1 - label
+        return {"text": text, "label": names[label], "aspect": aspect}
+
+    return _splits("sentiment", (train_size, validation_size, test_size), seed, row)
+
+
+def _splits(name: str, sizes: tuple[int, int, int], seed: int, row) -> dict[str, list[dict]]:
+    """{split: rows} with one random stream per split, so held-out splits are new rows, not copies."""
     out: dict[str, list[dict]] = {}
-    for offset, (split, size) in enumerate(
-        (("train", train_size), ("validation", validation_size), ("test", test_size))
-    ):
-        if size == 0:
-            continue
-        rng = random.Random(f"sentiment/{seed}/{offset}")
-        rows = []
-        for _ in range(size):
-            text, label, aspect = _sentiment_sentence(rng)
-            if rng.random() < _LABEL_NOISE:
-                label = 1 - label
-            rows.append({"text": text, "label": names[label], "aspect": aspect})
-        out[split] = rows
+    for offset, (split, size) in enumerate(zip(("train", "validation", "test"), sizes, strict=True)):
+        if size:
+            rng = random.Random(f"{name}/{seed}/{offset}")
+            out[split] = [row(rng) for _ in range(size)]
     return out
 
 
@@ -203,15 +206,11 @@ def _translation_pair(rng: random.Random) -> tuple[str, str]:
 
 def translation(train_size: int, validation_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
     """English -> Zeta sentence pairs: columns en, zt. Held-out splits are new sentences (own streams)."""
-    out: dict[str, list[dict]] = {}
-    for offset, (split, size) in enumerate(
-        (("train", train_size), ("validation", validation_size), ("test", test_size))
-    ):
-        if size == 0:
-            continue
-        rng = random.Random(f"translation/{seed}/{offset}")
-        out[split] = [dict(zip(("en", "zt"), _translation_pair(rng), strict=True)) for _ in range(size)]
-    return out
+
+    def row(rng: random.Random) -> dict:
+        return dict(zip(("en", "zt"), _translation_pair(rng), strict=True))
+
+    return _splits("translation", (train_size, validation_size, test_size), seed, row)
 
 
 GENERATORS["translation"] = translation

@@ -125,17 +125,12 @@ class Template(Section):
             raise ValueError("every {} must name a column, e.g. {text}")
         return value
 
-    def columns(self) -> list[str]:
+    @staticmethod
+    def fields(text: str) -> list[str]:
+        """The columns a (validated) template string names, in order."""
         import string
 
-        return sorted(
-            {
-                name
-                for t in (self.prompt, self.completion)
-                for _, name, _, _ in string.Formatter().parse(t)
-                if name
-            }
-        )
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
 
 
 class Builtin(Section):

@@ -25,16 +25,10 @@ LITERAL = "_prompt"  # a row key holding the prompt text itself (hfpipe generate
 
 def _fields(recipe) -> tuple[list[str], list[str]]:
     """(columns the prompt needs, columns the completion needs)."""
-    import string
-
     template = recipe.data.template
     if template is None:
         return [recipe.data.columns.prompt], [recipe.data.columns.completion]
-
-    def names(text: str) -> list[str]:
-        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
-
-    return names(template.prompt), names(template.completion)
+    return template.fields(template.prompt), template.fields(template.completion)
 
 
 def _render(row: dict, recipe) -> tuple[str, str | None]:
