@@ -77,6 +77,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         # so pipeline(...) on the run directory never truncates past them.
         tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", None) or 512
     _check_lengths(recipe, model.config)
+    _check_label_smoothing(recipe, model.config)
     resolve_metric_for_best(recipe, task, model.config)
     digests = data_fingerprint(recipe)
     with accelerator.main_process_first():  # the main process fills the cache, the others read it
@@ -128,7 +129,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         "validation": result.validation,
     }
     if task.metric_signatures is not None:
-        metrics["metric_signatures"] = task.metric_signatures()
+        metrics["metric_signatures"] = task.metric_signatures(recipe)
     test = splits.get("test")
     labelled = test is not None and ("labels" in test.column_names or not task.needs_labels)
     if labelled:
@@ -237,6 +238,15 @@ def _check_lengths(recipe, config) -> None:
             raise RecipeError(
                 f"{value} is more than the model's max_position_embeddings ({limit})", key=f"data.{key}"
             )
+
+
+def _check_label_smoothing(recipe, config) -> None:
+    if recipe.train.label_smoothing and getattr(config, "problem_type", None) == "regression":
+        from hfpipe.errors import RecipeError
+
+        raise RecipeError(
+            "label smoothing needs classes, and this is a regression head", key="train.label_smoothing"
+        )
 
 
 def _write_test_predictions(model, tokenizer, raw, task, recipe, run_dir: Path) -> None:
@@ -420,22 +430,37 @@ def _generation_spec(recipe, model, settings: dict | None):
     return spec
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
 def _text_rows(file, texts: list[str] | None, literal: str) -> list[dict]:
-    """Rows for generate / translate: a .txt file's lines (split on newlines only) or `texts` as they are,
-    under the key `literal`; or the rows of a csv / tsv / json / jsonl / parquet file, all columns."""
+    """Rows for generate / translate: `texts` as they are, or the lines of a plain-text file (any name but
+    a table's: test.en, prompts.txt; split on newlines only), under the key `literal`; or the rows of a
+    csv / tsv / json / jsonl / parquet file, all columns. Blank lines stay, so outputs line up with lines."""
     from hfpipe.data import FILE, ROW
     from hfpipe.data import _load_files as load_files
 
     if file is None:
         return [{literal: t} for t in texts or []]
     path = Path(file)
-    if path.suffix.lower() == ".txt":
-        if not path.exists():
-            raise DataError("file not found", file=str(path))
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        if not path.is_file():
+            raise DataError("file not found" if not path.exists() else "not a file", file=str(path))
         lines = decode_utf8(path.read_bytes(), DataError, str(path)).split("\n")
-        return [{literal: line.removesuffix("\r")} for line in lines if line.strip()]
+        if lines[-1] == "":
+            lines.pop()  # the final newline ends the last line
+        return [{literal: line.removesuffix("\r")} for line in lines]
     ds = load_files([str(path.resolve())], "auto", [], [])
     return [{k: v for k, v in r.items() if k not in (ROW, FILE)} for r in ds]
+
+
+def _skip_blank(rows: list[dict], literal: str, run, empty: dict) -> list[dict]:
+    """run(rows) on the rows whose literal text is not blank; `empty` for the blank lines, in place."""
+    keep = [i for i, r in enumerate(rows) if literal not in r or r[literal].strip()]
+    if not keep:
+        raise DataError("nothing to do: every input line is blank")
+    done = dict(zip(keep, run([rows[i] for i in keep]), strict=True))
+    return [done.get(i, dict(empty)) for i in range(len(rows))]
 
 
 def generate_run(
@@ -465,7 +490,14 @@ def generate_run(
     rows = _text_rows(file, prompts, LITERAL)
     if not rows:
         raise DataError("nothing to generate from: give --prompt or a --file with rows")
-    predictions = generate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec, seed=seed)
+    predictions = _skip_blank(
+        rows,
+        LITERAL,
+        lambda some: generate(
+            model, tokenizer, some, recipe, batch_size=batch_size, settings=spec, seed=seed
+        ),
+        {"completion": ""},
+    )
     shown = [{"prompt": r[LITERAL]} if LITERAL in r else r for r in rows]
     return shown, predictions
 
@@ -492,6 +524,11 @@ def translate_run(
     rows = _text_rows(file, texts, LITERAL)
     if not rows:
         raise DataError("nothing to translate: give --text or a --file with rows")
-    predictions = translate(model, tokenizer, rows, recipe, batch_size=batch_size, settings=spec)
+    predictions = _skip_blank(
+        rows,
+        LITERAL,
+        lambda some: translate(model, tokenizer, some, recipe, batch_size=batch_size, settings=spec),
+        {"translation": ""},
+    )
     shown = [{recipe.data.source_lang: r[LITERAL]} if LITERAL in r else r for r in rows]
     return shown, predictions

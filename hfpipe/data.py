@@ -221,6 +221,9 @@ def _load_files(
         ) from None
 
 
+PARALLEL_TARGET = 1  # in parallel files, a row's target line is in raw.files[row's FILE + 1]
+
+
 def parallel_files(prefix: str, source: str, target: str) -> tuple[str, str]:
     return f"{prefix}.{source}", f"{prefix}.{target}"
 
@@ -255,11 +258,13 @@ def _load_parallel(prefixes: list[str], source: str, target: str, files: list[st
                 f"{_shown(tgt_path)}",
                 file=f"{_shown(src_path)}, {_shown(tgt_path)}",
             )
-        files.append(src_path)
-        formats.append("text")  # rows are lines: errors point at line row + 1 of the source file
+        # Rows are lines: errors point at line row + 1 of the source file, whose entry the target file's
+        # follows (PARALLEL_TARGET: the target side of a row is in file FILE + 1).
+        files += [src_path, tgt_path]
+        formats += ["text", "text"]
         parts.append(
             datasets.Dataset.from_dict(
-                {source: src, target: tgt, ROW: list(range(len(src))), FILE: [len(files) - 1] * len(src)}
+                {source: src, target: tgt, ROW: list(range(len(src))), FILE: [len(files) - 2] * len(src)}
             )
         )
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

@@ -79,9 +79,10 @@ def did_you_mean(word: str, options) -> str:
 
 
 def decode_utf8(raw: bytes, error: type[HfpipeError], file: str) -> str:
-    """`raw` as text, or `error` naming the line of the first byte that is not UTF-8."""
+    """`raw` as text (a leading byte-order mark dropped), or `error` naming the line of the first byte that
+    is not UTF-8."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise error(

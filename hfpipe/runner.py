@@ -138,6 +138,25 @@ def _optimizer(model, spec):
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.adam_betas), eps=spec.adam_epsilon)
 
 
+def smoothed_loss(outputs, labels, smoothing: float, shift: bool):
+    """Cross-entropy of the model's logits with label smoothing; -100 labels are ignored.
+
+    Token-level heads (logits batch x length x vocab) average over target tokens, as the models' own loss
+    does; `shift` for causal LMs, whose logits at position t predict the label at t + 1.
+    """
+    import torch.nn.functional as F
+
+    logits = outputs.logits
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        labels.reshape(-1).to(logits.device),
+        ignore_index=-100,
+        label_smoothing=smoothing,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # fit
 
@@ -209,6 +228,8 @@ def fit(
     accelerator = accelerator or make_accelerator(recipe)
     set_seed(spec.seed)
     collate = task.collator(tokenizer, recipe)
+    shift = task.peft_task_type == "CAUSAL_LM"  # label smoothing: logits at t predict the label at t + 1
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
 
     # Loaders get generators of their own: creating an iterator then draws from it, not from the global
     # torch RNG that dropout uses, so evaluation cadence cannot change the training result.
@@ -421,7 +442,11 @@ def fit(
             for batch_index, batch in enumerate(loader, start=skip):
                 state.batches_in_epoch = batch_index + 1
                 with accelerator.accumulate(model):
-                    loss = _nan_fault(model(**batch).loss, state.step + 1)
+                    outputs = model(**batch)
+                    loss = outputs.loss
+                    if spec.label_smoothing:
+                        loss = smoothed_loss(outputs, batch["labels"], spec.label_smoothing, shift)
+                    loss = _nan_fault(loss, state.step + 1)
                     # One sync per step: a non-finite loss must stop (or be skipped) before it reaches the
                     # weights, so that no checkpoint ever holds them.
                     if not torch.isfinite(loss.detach()).item():
@@ -450,6 +475,8 @@ def fit(
                 tokens += (
                     batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
                 )
+                if seq2seq:  # an encoder-decoder processes the target tokens too
+                    tokens += (batch["labels"] != -100).sum()
                 window_examples += batch["input_ids"].shape[0]
                 if not accelerator.sync_gradients:
                     continue  # still accumulating

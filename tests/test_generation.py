@@ -160,7 +160,14 @@ def test_generate_cli(gen_run, cli, tmp_path):
     result = cli("generate", gen_run, "--file", prompts, "--output", out, "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["prompt"] for x in lines] == ["Review: The cast was superb.", "Verdict:", "Review: What a bore"]
+    # one output line per input line: the blank line stays blank
+    assert [x["prompt"] for x in lines] == [
+        "Review: The cast was superb.",
+        "Verdict:",
+        "",
+        "Review: What a bore",
+    ]
+    assert lines[2]["completion"] == "" and all(isinstance(x["completion"], str) for x in lines)
     rows = write(tmp_path / "rows.jsonl", json.dumps({"text": "The plot was dull."}) + "\n")
     result = cli("generate", gen_run, "--file", rows)  # rendered with the run's template
     assert result.exit_code == 0, result.output

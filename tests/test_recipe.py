@@ -91,7 +91,7 @@ def test_unknown_keys_are_rejected_at_every_level(tmp_path, yaml_text, key, frag
         ("train.lr=fast", "train.lr", "valid number"),
         ("train.lr=-1", "train.lr", "greater than 0"),
         ("train.batch_size=0", "train.batch_size", "greater than or equal to 1"),
-        ("train.scheduler=exponential", "train.scheduler", "'linear', 'cosine' or 'constant'"),
+        ("train.scheduler=exponential", "train.scheduler", "'constant' or 'inverse_sqrt'"),
         ("train.eval_every=sometimes", "train.eval_every", "epoch"),
         ("train.precision=fp8", "train.precision", "fp32"),
         ("data.max_length=2", "data.max_length", "greater than or equal to 8"),

@@ -194,3 +194,105 @@ def test_accumulation_equals_a_bigger_batch_even_for_the_last_partial_group(tmp_
     a, b = load_file(big / "model.safetensors"), load_file(small / "model.safetensors")
     for name in a:
         assert (a[name] - b[name]).abs().max().item() < 1e-5, name
+
+
+def test_inverse_sqrt_schedule_decays_from_the_end_of_warmup(tmp_path):
+    _, _, records = _run(
+        tmp_path,
+        "train.max_steps=16",
+        "train.scheduler=inverse_sqrt",
+        "train.warmup_steps=4",
+        "train.log_every=1",
+        "train.lr=1e-3",
+    )
+    lrs = [r["lr"] for r in records if r["type"] == "train"]
+    # logged after each step: step s has lr x s/4 in warmup, then lr x sqrt(4 / s)
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4:] == pytest.approx([1e-3 * (4 / s) ** 0.5 for s in range(5, 17)])
+
+
+def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
+    """smoothed_loss at 0 equals each head's own loss (so the shift and the -100s are right); at eps it is
+    (1 - eps) x NLL + eps x the mean of -log p over the classes, per labelled token."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    from hfpipe.runner import smoothed_loss
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 50, (3, 7))
+    token_labels = ids.clone()
+    token_labels[0, 4:] = -100
+    cases = [
+        (GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2)), token_labels, True),
+        (
+            T5ForConditionalGeneration(
+                T5Config(
+                    vocab_size=50,
+                    d_model=16,
+                    d_ff=32,
+                    d_kv=8,
+                    num_heads=2,
+                    num_layers=1,
+                    decoder_start_token_id=0,
+                )
+            ),
+            token_labels,
+            False,
+        ),
+        (
+            BertForSequenceClassification(
+                BertConfig(
+                    vocab_size=50,
+                    hidden_size=16,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=32,
+                    num_labels=3,
+                )
+            ),
+            torch.tensor([0, 2, 1]),
+            False,
+        ),
+    ]
+    eps = 0.1
+    for model, labels, shift in cases:
+        model.eval()
+        out = model(input_ids=ids, labels=labels)
+        assert smoothed_loss(out, labels, 0.0, shift).item() == pytest.approx(out.loss.item(), abs=1e-5)
+        logits, target = (out.logits[:, :-1], labels[:, 1:]) if shift else (out.logits, labels)
+        logp = torch.log_softmax(logits.reshape(-1, logits.size(-1)), -1)
+        target = target.reshape(-1)
+        keep = target != -100
+        nll = -logp[keep].gather(1, target[keep, None]).mean()
+        uniform = -logp[keep].mean()
+        expected = (1 - eps) * nll + eps * uniform
+        assert smoothed_loss(out, labels, eps, shift).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_label_smoothing_trains_and_is_refused_for_regression(tmp_path):
+    run, metrics, records = _run(
+        tmp_path, "train.max_steps=6", "train.label_smoothing=0.1", "train.log_every=1"
+    )
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert len(losses) == 6 and all(loss > 0 for loss in losses)
+    scores = tmp_path / "scores.csv"
+    scores.write_text("text,score\n" + "".join(f"row {i},{i / 10}\n" for i in range(20)))
+    with pytest.raises(RecipeError, match="regression") as err:
+        _run(
+            tmp_path,
+            "~data.builtin",
+            f"data.train={scores}",
+            "data.columns.label=score",
+            "train.label_smoothing=0.1",
+            name="reg",
+        )
+    assert err.value.key == "train.label_smoothing"
+    assert not (tmp_path / "reg").exists()  # refused before anything was written

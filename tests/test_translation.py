@@ -120,6 +120,10 @@ def test_prepared_pairs_put_the_prefix_on_the_source(t5_run):
         "translate English to Zeta: " + row["en"]
     )
     assert tokenizer.decode(prepared[0]["labels"], skip_special_tokens=True) == row["zt"]
+    # BLEU scores the references as written: cut labels do not cut the reference
+    short = recipe.model_copy(update={"data": recipe.data.model_copy(update={"max_target_length": 4})})
+    cut = task.prepare(raw, "validation", tokenizer, model.config, short)
+    assert len(cut[0]["labels"]) == 4 and cut[0]["reference"] == row["zt"]
 
 
 def test_batched_translation_equals_one_at_a_time_and_plain_transformers_agrees(t5_run):
@@ -174,6 +178,12 @@ def test_data_errors(tmp_path):
         and "2 in" in info.value.message
     )
     assert "bad.en" in str(info.value) and "bad.zt" in str(info.value)
+    write(tmp_path / "gap.en", "one\ntwo\nthree\n")
+    write(tmp_path / "gap.zt", "un\n\ntrois\n")
+    with pytest.raises(DataError) as info:
+        train(t5_recipe(tmp_path, "~data.builtin", f"data.train={tmp_path / 'gap'}", "data.format=parallel"))
+    assert info.value.file.endswith("gap.zt") and info.value.line == 2, str(info.value)
+    assert "'two'" in info.value.message  # names its pair
     empty = write(
         tmp_path / "e.jsonl",
         json.dumps({"en": "a cat", "zt": "na mir"}) + "\n" + json.dumps({"en": "x", "zt": ""}) + "\n",
@@ -186,13 +196,20 @@ def test_data_errors(tmp_path):
 
 
 def test_translate_cli(t5_run, tiny_run, cli, tmp_path):
-    sources = write(tmp_path / "src.txt", "The cat sees the dog.\n\nA bird\twith a tab.\n")
+    # test.en-style name, a byte-order mark, a blank line and a tab: one output per line, in order
+    sources = tmp_path / "test.en"
+    sources.write_bytes("\ufeffThe cat sees the dog.\n\nA bird\twith a tab.\n".encode())
     out = tmp_path / "out.jsonl"
     result = cli("translate", t5_run, "--file", sources, "--output", out, "--num-beams", "1")
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["en"] for x in lines] == ["The cat sees the dog.", "A bird\twith a tab."]
-    assert all(isinstance(x["translation"], str) for x in lines)
+    assert [x["en"] for x in lines] == ["The cat sees the dog.", "", "A bird\twith a tab."]
+    assert lines[1]["translation"] == "" and all(lines[i]["translation"].strip() for i in (0, 2))
+    assert lines[0] == json.loads(
+        cli("translate", t5_run, "--text", "The cat sees the dog.", "--num-beams", "1").output.splitlines()[
+            -1
+        ]
+    )
     assert cli("translate", tiny_run, "--text", "hello").exit_code == 5
     assert cli("translate", t5_run).exit_code == 3
 
@@ -210,9 +227,12 @@ def test_pretrained_t5_without_a_prefix_warns(t5_run, tmp_path, caplog):
         "train.max_steps=1",
         "generation.eval_samples=2",
     )
+    from hfpipe.tasks import translation
+
+    translation._WARNED.clear()
     with caplog.at_level(logging.WARNING, logger="hfpipe"):
         train(recipe)
-    assert "T5 expects one" in caplog.text
+    assert caplog.text.count("T5 expects one") == 1  # once, not once per split
 
 
 def test_predict_on_a_translation_run(t5_run, cli):

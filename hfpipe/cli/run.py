@@ -122,7 +122,8 @@ def generate(
         typer.Option(
             "--file",
             "-f",
-            help=".txt (one prompt per line) or csv / jsonl rows rendered with the run's prompt template.",
+            help="Plain text, one prompt per line (blank lines give blank outputs), or csv / jsonl rows "
+            "rendered with the run's prompt template.",
         ),
     ] = None,
     max_new_tokens: Annotated[
@@ -179,7 +180,8 @@ def translate(
         typer.Option(
             "--file",
             "-f",
-            help=".txt (one source per line) or csv / jsonl with the source language's column.",
+            help="Plain text, one source per line (e.g. test.en; blank lines stay blank), or csv / jsonl with "
+            "the source language's column.",
         ),
     ] = None,
     num_beams: Annotated[int | None, typer.Option("--num-beams", help="Default: the recipe's.")] = None,

@@ -270,8 +270,10 @@ class Train(Section):
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation (default: 2x).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
     lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
-    scheduler: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="Decay after warmup: linear to 0, cosine to 0, or constant."
+    scheduler: Literal["linear", "cosine", "constant", "inverse_sqrt"] = Field(
+        "linear",
+        description="Decay after warmup: linear to 0, cosine to 0, constant, or inverse_sqrt "
+        "(lr x sqrt(warmup / step) after warmup, as in the Transformer paper; needs warmup).",
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (overrides warmup_ratio).")
@@ -328,6 +330,13 @@ class Train(Section):
         False,
         description="masked-lm: mask whole words (all their word pieces) rather than single tokens.",
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Training loss: spread this much of each target's probability over the other classes "
+        "/ tokens (0.1 is usual for translation). Evaluation loss and perplexity stay plain.",
+    )
     on_nonfinite_loss: Literal["stop", "skip"] = Field(
         "stop",
         description="A NaN / inf loss stops training (the last checkpoint stays intact) or skips the batch.",
@@ -337,6 +346,8 @@ class Train(Section):
     def _cadence(self) -> Train:
         if self.early_stopping_patience is not None and self.eval_every == "never":
             raise ValueError("early_stopping_patience needs evaluation: set eval_every")
+        if self.scheduler == "inverse_sqrt" and not (self.warmup_steps or self.warmup_ratio):
+            raise ValueError("scheduler inverse_sqrt decays from the end of warmup: set warmup_steps")
         return self
 
 

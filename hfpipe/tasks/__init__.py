@@ -38,8 +38,8 @@ class Task:
     predict: Callable[..., list[dict[str, Any]]]
     # Language modelling scores any text; a classifier needs labels (without them a test split is predicted)
     needs_labels: bool = True
-    # () -> {metric: signature} of the reference implementations, recorded in metrics.json
-    metric_signatures: Callable[[], dict[str, str]] | None = None
+    # (recipe) -> {metric: signature} of the reference implementations, recorded in metrics.json
+    metric_signatures: Callable[..., dict[str, str]] | None = None
 
 
 TASKS: dict[str, Task] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from hfpipe.data import FILE, ROW
+from hfpipe.data import FILE, PARALLEL_TARGET, ROW
 from hfpipe.errors import DataError, RecipeError
 from hfpipe.tasks import Task, register
 
@@ -66,6 +66,10 @@ def _pairs(raw, split: str, recipe) -> tuple[list[str], list[str | None]]:
             if lang == target and value is None and not nested and target not in ds.column_names:
                 continue  # an unlabelled test split
             if not isinstance(value, str) or not value.strip():
+                if recipe.data.format == "parallel":  # point at the line of the file that holds it
+                    side = PARALLEL_TARGET if lang == target else 0
+                    where = raw.where(split, {**example, FILE: example[FILE] + side})
+                    raise DataError(f"empty {lang!r} line (its pair: {pair[target if side == 0 else source]!r})", **where)
                 raise DataError(
                     f"{'translation.' if nested else 'column '}{lang!r}: expected text, got {value!r}",
                     **raw.where(split, example),
@@ -85,9 +89,14 @@ def training_text(raw, recipe):
         yield t
 
 
+_WARNED: set[str] = set()
+
+
 def _prefix(recipe, config) -> str:
     prefix = recipe.data.source_prefix or ""
-    if not prefix and getattr(config, "model_type", None) == "t5" and recipe.model.name_or_path:
+    name = recipe.model.name_or_path
+    if not prefix and getattr(config, "model_type", None) == "t5" and name and name not in _WARNED:
+        _WARNED.add(name)  # once per model, not once per split
         log.warning(
             "a pretrained T5 model without data.source_prefix: T5 expects one, "
             'e.g. "translate English to German: "'
@@ -128,6 +137,7 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     if all(t is not None for t in targets):
         labels = tokenizer(text_target=targets, truncation=True, max_length=target_limit)["input_ids"]
         columns["labels"] = labels
+        columns["reference"] = targets  # scored as written, not as the tokenizer gives them back
         cut_targets = sum(len(i) == target_limit for i in labels)
         if cut_targets:
             log.warning(
@@ -159,6 +169,8 @@ def collator(tokenizer, recipe, train: bool = True):
             batch["labels"] = pad_to([f["labels"] for f in features], -100)
         if not train and "row" in features[0]:  # evaluation translates the split's first rows
             batch["row"] = torch.tensor([f["row"] for f in features])
+        if not train and "reference" in features[0]:
+            batch["reference"] = [f["reference"] for f in features]
         return batch
 
     return collate
@@ -209,31 +221,49 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
                     unwrapped, batch["input_ids"][chosen], batch["attention_mask"][chosen], kwargs
                 )
                 for i, g in zip(chosen, generated, strict=True):
-                    ref = batch["labels"][i]
+                    if "reference" in batch:
+                        reference = batch["reference"][i]
+                    else:  # a dataset prepared without the raw targets
+                        ids = batch["labels"][i]
+                        reference = tokenizer.decode(ids[ids != -100].tolist(), skip_special_tokens=True)
                     local.append(
                         (
                             int(batch["row"][i]),
                             tokenizer.decode(g, skip_special_tokens=True).strip(),
-                            tokenizer.decode(ref[ref != -100].tolist(), skip_special_tokens=True).strip(),
+                            reference,
                         )
                     )
         hypotheses, references = unique_rows(accelerator, local)
-        metrics.update(corpus_scores(hypotheses, references))
+        metrics.update(corpus_scores(hypotheses, references, recipe.data.target_lang))
     model.train()
     return metrics
 
 
-def _scorers():
+def _scorers(target_lang: str | None = None):
+    """sacrebleu's BLEU with the tokenization it chooses for the target language (13a; zh for Chinese,
+    MeCab for Japanese / Korean) and chrF."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    return BLEU(), CHRF()
+    try:
+        bleu = BLEU(trg_lang=target_lang or "")
+    except RuntimeError:  # ja / ko need MeCab: sacrebleu[ja] / sacrebleu[ko]
+        log.warning(
+            "BLEU for %r needs `pip install sacrebleu[%s]`; scoring with character tokenization instead "
+            "(tok:char in the signature)",
+            target_lang,
+            target_lang,
+        )
+        bleu = BLEU(tokenize="char")
+    return bleu, CHRF()
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+def corpus_scores(
+    hypotheses: list[str], references: list[str], target_lang: str | None = None
+) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, exp smoothing; chrF n=6, beta=2)."""
     if not hypotheses:
         return {}
-    bleu, chrf = _scorers()
+    bleu, chrf = _scorers(target_lang)
     return {
         "bleu": bleu.corpus_score(hypotheses, [references]).score,
         "chrf": chrf.corpus_score(hypotheses, [references]).score,
@@ -241,8 +271,8 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, flo
     }
 
 
-def metric_signatures() -> dict[str, str]:
-    bleu, chrf = _scorers()
+def metric_signatures(recipe=None) -> dict[str, str]:
+    bleu, chrf = _scorers(recipe.data.target_lang if recipe is not None else None)
     for metric in (bleu, chrf):  # sacrebleu fills in its signature (e.g. nrefs) once it has scored
         metric.corpus_score(["a"], [["a"]])
     return {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
