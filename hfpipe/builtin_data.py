@@ -214,3 +214,134 @@ def translation(train_size: int, validation_size: int, test_size: int, seed: int
 
 
 GENERATORS["translation"] = translation
+
+
+# --- extractive question answering: short biographies of invented people ------------------------------
+# A context introduces several people, each with a few facts, in shuffled order between filler
+# sentences; questions ask for one fact of one person, and the answer is a span of the context. The
+# model has to find the sentence about the right person (names share first and last names with others),
+# not just the first city or year. Some contexts are longer than one 128-token window.
+
+_FIRST = (
+    "Ada Bram Cleo Dario Edda Falk Greta Hugo Ines Jonas Kira Lars Mara Nils Olga Pavel Rosa Sven Tilda "
+    "Ugo Vera Wim Xenia Yann Zora Amos Bela Cora Dina Emil"
+).split()
+_LAST = (
+    "Almeda Brightwater Corvin Dunmore Eskola Farrow Galloway Holm Ivers Jansky Kettering Lindqvist "
+    "Morrow Nyberg Oakes Pellam Quist Rowan Sorensen Thorne"
+).split()
+_CITIES = (
+    "Talvik Brenna Ostrava Quillon Marrowby Sellis Dunhaven Korvale Pinecrest Ardmoor Velmar Halden "
+    "Rostow Emberly Caldris Norwick"
+).split()
+_JOBS = "baker sailor teacher doctor painter carpenter librarian farmer pilot tailor potter chemist".split()
+_ANIMALS = "cat dog parrot horse goat rabbit".split()
+_PETS = "Pip Mosby Juniper Biscuit Tobble Nox Fennel Otto Pebble Rusk Saffi Wren".split()
+_FOODS = (
+    "plum cake|lentil soup|smoked fish|honey bread|apple pie|rice pudding|pickled beets|onion tart".split("|")
+)
+_FILLER = [
+    "The winters in that region were long and dark.",
+    "Many families moved there after the railway opened.",
+    "The old market square was rebuilt twice.",
+    "Letters from that time are kept in the town archive.",
+    "Few of the houses from those years still stand.",
+    "The river froze almost every January.",
+    "A small newspaper reported on local events every week.",
+    "The harbour was busy from spring until late autumn.",
+]
+
+# (fact key, sentence template, question templates); {a} marks the answer
+_FACTS = {
+    "birthplace": ("{n} was born in {a}.", ["Where was {n} born?", "In which town was {n} born?"]),
+    "year": (
+        "{n} arrived in the city in {a}.",
+        ["When did {n} arrive in the city?", "In what year did {n} arrive?"],
+    ),
+    "job": ("{n} worked as a {a} for many years.", ["What did {n} work as?", "What was the job of {n}?"]),
+    "pet": (
+        "{n} had a {animal} called {a}.",
+        ["What was the name of the {animal} of {n}?", "What was {n}'s {animal} called?"],
+    ),
+    "food": (
+        "The favourite dish of {n} was {a}.",
+        ["What was the favourite dish of {n}?", "Which dish did {n} like best?"],
+    ),
+}
+
+
+def _qa_example(rng: random.Random, unanswerable: float) -> dict:
+    people = []
+    while len(people) < rng.randint(2, 5):
+        name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        if name not in (p["name"] for p in people):
+            people.append({"name": name})
+    sentences = []  # (text, person index, fact, answer)
+    for index, person in enumerate(people):
+        for fact in rng.sample(sorted(_FACTS), rng.randint(1, 3)):
+            animal = rng.choice(_ANIMALS)
+            answer = {
+                "birthplace": lambda: rng.choice(_CITIES),
+                "year": lambda: str(rng.randint(1820, 1960)),
+                "job": lambda: rng.choice(_JOBS),
+                "pet": lambda: rng.choice(_PETS),
+                "food": lambda: rng.choice(_FOODS),
+            }[fact]()
+            person[fact] = (answer, animal)
+            sentences.append((_FACTS[fact][0], index, fact, answer, animal))
+    sentences += [(text, None, None, None, None) for text in rng.sample(_FILLER, rng.randint(0, 6))]
+    rng.shuffle(sentences)
+    # Build the context, remembering where each answer starts.
+    context, starts = "", {}
+    for template, index, fact, answer, animal in sentences:
+        if context:
+            context += " "
+        if index is None:
+            context += template
+            continue
+        name = people[index]["name"]
+        before, after = template.split("{a}")
+        before = before.format(n=name, animal=animal)
+        starts[(index, fact)] = len(context) + len(before)
+        context += before + answer + after.format(n=name, animal=animal)
+    if rng.random() < unanswerable:  # a fact nobody stated, or a person who is not there
+        index = rng.randrange(len(people))
+        missing = [f for f in sorted(_FACTS) if f not in people[index]]
+        if missing:
+            fact, name = rng.choice(missing), people[index]["name"]
+        else:
+            fact = rng.choice(sorted(_FACTS))
+            name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+            while name in (p["name"] for p in people):
+                name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        question = rng.choice(_FACTS[fact][1]).format(n=name, animal=rng.choice(_ANIMALS))
+        return {"context": context, "question": question, "answers": {"text": [], "answer_start": []}}
+    index, fact = rng.choice(sorted(starts))
+    answer, animal = people[index][fact]
+    question = rng.choice(_FACTS[fact][1]).format(n=people[index]["name"], animal=animal)
+    return {
+        "context": context,
+        "question": question,
+        "answers": {"text": [answer], "answer_start": [starts[(index, fact)]]},
+    }
+
+
+def _qa(name: str, unanswerable: float):
+    def generate(train_size: int, validation_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
+        counter = iter(range(10**9))
+
+        def row(rng: random.Random) -> dict:
+            return {"id": f"{name}-{next(counter)}", **_qa_example(rng, unanswerable)}
+
+        return _splits(name, (train_size, validation_size, test_size), seed, row)
+
+    share = f"; about {unanswerable:.0%} unanswerable (empty answers, SQuAD v2)" if unanswerable else ""
+    generate.__doc__ = (
+        "Questions on short invented biographies: columns id, context, question, answers (text, "
+        f"answer_start: the Hugging Face SQuAD layout){share}."
+    )
+    return generate
+
+
+GENERATORS["qa"] = _qa("qa", 0.0)
+GENERATORS["qa_v2"] = _qa("qa_v2", 1 / 3)

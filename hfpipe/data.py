@@ -126,6 +126,12 @@ def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
         raise DataError("is a directory, not a data file", file=shown)
     if os.path.getsize(path) == 0:
         raise DataError("file is empty", file=shown)
+    if fmt == "json":
+        squad = _squad_rows(path)
+        if squad is not None:
+            ds = datasets.Dataset.from_list(squad)
+            ds = ds.add_column(ROW, list(range(len(ds))))
+            return ds.add_column(FILE, [file_index] * len(ds))
     builder, kwargs = {
         "csv": ("csv", {"delimiter": ",", "keep_default_na": False, "na_filter": False}),
         # GLUE-style tsv files are not quoted: a " inside a sentence is just a character.
@@ -152,6 +158,53 @@ def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
         raise DataError("file has no rows", file=shown)
     ds = ds.add_column(ROW, list(range(len(ds))))
     return ds.add_column(FILE, [file_index] * len(ds))
+
+
+def _squad_rows(path: str) -> list[dict] | None:
+    """The questions of an official SQuAD JSON file (version / data / paragraphs / qas) as flat rows:
+    id, title, context, question, answers {text, answer_start}, is_impossible. None for other JSON."""
+    shown = _shown(path)
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith(b"{") or b'"data"' not in head and b'"version"' not in head:
+        return None
+    try:
+        doc = json.loads(decode_utf8(Path(path).read_bytes(), DataError, shown))
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=shown, line=e.lineno) from None
+    articles = doc.get("data") if isinstance(doc, dict) else None
+    if not (
+        isinstance(articles, list)
+        and articles
+        and isinstance(articles[0], dict)
+        and "paragraphs" in articles[0]
+    ):
+        return None
+    rows = []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(article.get("paragraphs") or []):
+            context = paragraph.get("context")
+            for q, qa in enumerate(paragraph.get("qas") or []):
+                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                answers = qa.get("answers") or []
+                if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
+                    raise DataError(f"{where}: answers must be a list of {{text, answer_start}}", file=shown)
+                rows.append(
+                    {
+                        "id": str(qa.get("id", where)),
+                        "title": str(article.get("title", "")),
+                        "context": context,
+                        "question": qa.get("question"),
+                        "answers": {
+                            "text": [x.get("text") for x in answers],
+                            "answer_start": [x.get("answer_start") for x in answers],
+                        },
+                        "is_impossible": bool(qa.get("is_impossible", False)),
+                    }
+                )
+    if not rows:
+        raise DataError("SQuAD file has no questions", file=shown)
+    return rows
 
 
 def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:

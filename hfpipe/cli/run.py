@@ -66,13 +66,20 @@ def evaluate(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")
     ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--predictions",
+            help="question-answering: write predictions.json and nbest_predictions.json in this directory.",
+        ),
+    ] = None,
 ) -> None:
     """Score a trained run on --data FILE or on its recipe's test split."""
     setup_logging()
     with user_errors():
         from hfpipe.api import evaluate_run
 
-        metrics = evaluate_run(run_dir, str(data) if data else None, split)
+        metrics = evaluate_run(run_dir, str(data) if data else None, split, predictions_dir=predictions)
         typer.echo(table([(k, fmt(v)) for k, v in metrics.items()], ("metric", "value")))
         if output:
             from hfpipe.io import write_json
@@ -211,6 +218,40 @@ def translate(
         _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
 
 
+def answer(
+    run_dir: RunDirArg,
+    question: Annotated[
+        list[str] | None, typer.Option("--question", "-q", help="Question (repeatable).")
+    ] = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option("--context", "-c", help="Context passage: one per --question, or one for all of them."),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="csv / jsonl / SQuAD JSON with the recipe's question and context columns."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write answers as JSON lines here.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+) -> None:
+    """Answer questions from their context with a question-answering run: one JSON line per question
+    (answer, score, start and end characters in the context)."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.errors import DataError
+
+        if (question is None) == (file is None):
+            raise DataError("give --question with --context, or --file, not both and not neither")
+        from hfpipe.api import answer_run
+
+        rows, preds = answer_run(run_dir, question, context, file, batch_size=batch_size)
+        _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
+
+
 def _emit(lines: list[str], output: Path | None) -> None:
     if output:
         from hfpipe.io import atomic_write_text
@@ -227,3 +268,4 @@ def register(app: typer.Typer) -> None:
     app.command()(predict)
     app.command()(generate)
     app.command()(translate)
+    app.command()(answer)

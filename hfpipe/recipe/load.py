@@ -309,6 +309,11 @@ def validate_dict(data: dict, origins: Origins | None = None, source: str | None
         unknown: dict[Key, tuple[type, str]] = {}
         for err in exc.errors():
             model, key, bad = _fields_at(tuple(err["loc"]))
+            # A check across sections names the key it is about: ValueError("@qa.doc_stride: ...").
+            text = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "value_error" and text.startswith("@") and ": " in text:
+                named, message = text[1:].split(": ", 1)
+                key, err = tuple(named.split(".")), {**err, "msg": message}
             if err["type"] == "extra_forbidden" and bad is not None:
                 unknown[key] = (model, bad)
             grouped.setdefault(key, []).append(err)

@@ -104,6 +104,15 @@ class Columns(Section):
     label: str = Field("label", description="Column with the label (a class name, an int id, or a float).")
     prompt: str = Field("prompt", description="generation: column with the prompt.")
     completion: str = Field("completion", description="generation: column with the completion to learn.")
+    question: str = Field("question", description="question-answering: column with the question.")
+    context: str = Field("context", description="question-answering: column with the context passage.")
+    answers: str = Field(
+        "answers",
+        description="question-answering: column with {text: [...], answer_start: [...]} (the SQuAD layout).",
+    )
+    id: str = Field(
+        "id", description="question-answering: column with the question id (default: row number)."
+    )
 
 
 class Template(Section):
@@ -369,6 +378,31 @@ class Generation(Section):
     )
 
 
+class QuestionAnswering(Section):
+    """question-answering: windows over long contexts, and how answers are picked from the logits."""
+
+    version_2_with_negative: bool = Field(
+        False,
+        description="SQuAD v2: some questions have no answer (empty answers / is_impossible); the model may "
+        "answer nothing.",
+    )
+    doc_stride: int = Field(
+        128,
+        ge=0,
+        description="Tokens shared by consecutive windows of a context longer than data.max_length.",
+    )
+    max_question_length: int = Field(
+        64, ge=1, description="Longest question, in tokens (longer ones are an error naming the example)."
+    )
+    n_best_size: int = Field(
+        20, ge=1, description="Start and end candidates per window; answers kept in nbest."
+    )
+    max_answer_length: int = Field(30, ge=1, description="Longest answer, in tokens.")
+    null_score_diff_threshold: float = Field(
+        0.0, description="v2: answer nothing when the null score beats the best span's by more than this."
+    )
+
+
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
@@ -379,6 +413,9 @@ class Recipe(Section):
     data: Data = Field(description="The examples.")
     train: Train = Field(default_factory=Train, description="The training loop's settings.")
     generation: Generation = Field(default_factory=Generation, description="Text generation settings.")
+    qa: QuestionAnswering = Field(
+        default_factory=QuestionAnswering, description="question-answering: windows and answer selection."
+    )
     output_dir: str = Field(
         description="Run directory: a Hugging Face model directory plus recipe, metrics and card.",
         json_schema_extra=PATH,
@@ -399,6 +436,19 @@ class Recipe(Section):
 
             raise ValueError(f"unknown task {name!r}{did_you_mean(name, names)} (known: {', '.join(names)})")
         return name
+
+    @model_validator(mode="after")
+    def _qa_windows(self) -> Recipe:
+        # [CLS] question [SEP] context [SEP]: a window must hold the longest question and more context
+        # than it shares with the next window, or the windows never advance.
+        room = self.data.max_length - self.qa.max_question_length - 3
+        if self.task == "question-answering" and room <= self.qa.doc_stride:
+            raise ValueError(
+                f"@qa.doc_stride: {self.qa.doc_stride} must be less than data.max_length ({self.data.max_length}) "
+                f"- qa.max_question_length ({self.qa.max_question_length}) - 3 special tokens = {room}: each "
+                "window must move forward through the context"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tokenizer_source(self) -> Recipe:

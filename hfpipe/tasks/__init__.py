@@ -40,6 +40,10 @@ class Task:
     needs_labels: bool = True
     # (recipe) -> {metric: signature} of the reference implementations, recorded in metrics.json
     metric_signatures: Callable[..., dict[str, str]] | None = None
+    # The prepared column that holds the targets (a split without it is predicted, not scored)
+    label_column: str = "labels"
+    # evaluate(..., outputs=dict) fills {file name: JSON content} (e.g. predictions.json) for the run
+    writes_outputs: bool = False
 
 
 TASKS: dict[str, Task] = {}
@@ -58,6 +62,7 @@ def _load_builtin() -> None:
         classification,
         generation,
         masked_lm,
+        question_answering,
         translation,
     )
 

@@ -69,7 +69,9 @@ def _pairs(raw, split: str, recipe) -> tuple[list[str], list[str | None]]:
                 if recipe.data.format == "parallel":  # point at the line of the file that holds it
                     side = PARALLEL_TARGET if lang == target else 0
                     where = raw.where(split, {**example, FILE: example[FILE] + side})
-                    raise DataError(f"empty {lang!r} line (its pair: {pair[target if side == 0 else source]!r})", **where)
+                    raise DataError(
+                        f"empty {lang!r} line (its pair: {pair[target if side == 0 else source]!r})", **where
+                    )
                 raise DataError(
                     f"{'translation.' if nested else 'column '}{lang!r}: expected text, got {value!r}",
                     **raw.where(split, example),
