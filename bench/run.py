@@ -435,7 +435,6 @@ def bench_translation(recipe_name: str = "marian-multi30k.yaml", sentences: int 
         metrics = json.loads((run / "metrics.json").read_text())
         logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         windows = [r for r in logged if r.get("type") == "train"]
-        evals = [r for r in logged if r.get("type") == "eval"]
 
         sources = (data / "val.en").read_text(encoding="utf-8").split("\n")[:sentences]
         _, task, model, tokenizer = open_run(run)
@@ -476,9 +475,6 @@ def bench_translation(recipe_name: str = "marian-multi30k.yaml", sentences: int 
             "train_command_s": round(train_wall, 1),
             "train_tokens_per_s": round(statistics.median(w["tokens_per_s"] for w in windows), 1),
             "tokens_counted": "source + target tokens (no padding) per second of training, median of log windows",
-            "validation_curve": [
-                {k: round(e[k], 3) for k in ("step", "loss", "bleu", "chrf") if k in e} for e in evals
-            ],
             "bleu": round(metrics["validation"]["bleu"], 2),
             "chrf": round(metrics["validation"]["chrf"], 2),
             "target_bleu": 10.0,

@@ -108,13 +108,27 @@ def test_squad_json_and_flat_layouts_load_alike(tmp_path):
             for q in qas
         ),
     )
+    renamed = write(
+        tmp_path / "renamed.jsonl",
+        "".join(
+            json.dumps({"qid": r["id"], "q": r["question"], "passage": r["context"], "ans": r["answers"]})
+            + "\n"
+            for r in map(json.loads, flat.read_text().splitlines())
+        ),
+    )
     from hfpipe.tasks.question_answering import examples
 
     seen = []
-    for data in (path, flat):
-        recipe = qa_recipe(tmp_path, "~data.builtin", f"data.train={data}")
+    mapping = [
+        "data.columns.question=q",
+        "data.columns.context=passage",
+        "data.columns.answers=ans",
+        "data.columns.id=qid",
+    ]
+    for data, extra in ((path, []), (flat, []), (renamed, mapping)):
+        recipe = qa_recipe(tmp_path, "~data.builtin", f"data.train={data}", *extra)
         seen.append(examples(load_raw(recipe), "train", recipe))
-    assert seen[0] == seen[1]
+    assert seen[0] == seen[1] == seen[2]
     assert seen[0][0]["answers"] == [("Talvik", 17)]
 
 
