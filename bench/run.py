@@ -508,7 +508,9 @@ def _minilm_dir() -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def bench_qa(train_articles: int = 8, epochs: float = 2.0, max_length: int = 256, stride: int = 64) -> dict:
+def bench_qa(
+    train_articles: int = 8, epochs: float = 4.0, lr: float = 1e-4, max_length: int = 256, stride: int = 64
+) -> dict:
     """SQuAD v1.1 (the 501-question dev subset): windows produced, preprocessing and post-processing
     rates, then all-MiniLM-L6-v2 fine-tuned briefly on the questions of the first `train_articles`
     articles and scored (official EM / F1) on the rest."""
@@ -540,10 +542,12 @@ def bench_qa(train_articles: int = 8, epochs: float = 2.0, max_length: int = 256
                 f"model.name_or_path={model_dir}",
                 f"data.train={Path(tmp) / 'train.json'}",
                 f"data.validation={Path(tmp) / 'validation.json'}",
-                "~data.test",
                 f"data.max_length={max_length}",
                 f"qa.doc_stride={stride}",
                 f"train.epochs={epochs}",
+                f"train.lr={lr}",
+                "train.batch_size=16",
+                "train.warmup_ratio=0.1",
                 "train.eval_every=never",
                 "train.save_every=never",
                 f"output_dir={Path(tmp) / 'run'}",
