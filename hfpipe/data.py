@@ -165,7 +165,7 @@ def _squad_rows(path: str) -> list[dict] | None:
     id, title, context, question, answers {text, answer_start}, is_impossible. None for other JSON."""
     shown = _shown(path)
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     if not head.startswith(b"{") or b'"data"' not in head and b'"version"' not in head:
         return None
     try:
