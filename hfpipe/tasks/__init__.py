@@ -49,6 +49,16 @@ class Task:
 TASKS: dict[str, Task] = {}
 
 
+def pad_rows(rows: list[list[int]], value: int):
+    """A long tensor of `rows` right-padded with `value` to the longest row (collators share it)."""
+    import torch
+
+    out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = torch.tensor(row)
+    return out
+
+
 def register(task: Task) -> Task:
     if task.name in TASKS:
         raise ValueError(f"task {task.name!r} registered twice")

@@ -23,7 +23,7 @@ import math
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError, RecipeError
-from hfpipe.tasks import Task, register
+from hfpipe.tasks import Task, pad_rows, register
 
 log = logging.getLogger("hfpipe")
 
@@ -265,20 +265,13 @@ def collator(tokenizer, recipe, train: bool = True):
 
     pad = tokenizer.pad_token_id
 
-    def pad_to(rows, value):
-        width = max(map(len, rows))
-        out = torch.full((len(rows), width), value, dtype=torch.long)
-        for r, row in enumerate(rows):
-            out[r, : len(row)] = torch.tensor(row)
-        return out
-
     def collate(features):
         batch = {
-            "input_ids": pad_to([f["input_ids"] for f in features], pad),
-            "attention_mask": pad_to([[1] * len(f["input_ids"]) for f in features], 0),
+            "input_ids": pad_rows([f["input_ids"] for f in features], pad),
+            "attention_mask": pad_rows([[1] * len(f["input_ids"]) for f in features], 0),
         }
         if "token_type_ids" in features[0]:
-            batch["token_type_ids"] = pad_to([f["token_type_ids"] for f in features], 0)
+            batch["token_type_ids"] = pad_rows([f["token_type_ids"] for f in features], 0)
         if "start_positions" in features[0]:
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
             batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])

@@ -16,7 +16,7 @@ import logging
 
 from hfpipe.data import FILE, PARALLEL_TARGET, ROW
 from hfpipe.errors import DataError, RecipeError
-from hfpipe.tasks import Task, register
+from hfpipe.tasks import Task, pad_rows, register
 
 log = logging.getLogger("hfpipe")
 
@@ -155,20 +155,13 @@ def collator(tokenizer, recipe, train: bool = True):
 
     pad = tokenizer.pad_token_id
 
-    def pad_to(rows, value):
-        width = max(map(len, rows))
-        out = torch.full((len(rows), width), value, dtype=torch.long)
-        for r, row in enumerate(rows):
-            out[r, : len(row)] = torch.tensor(row)
-        return out
-
     def collate(features):
         batch = {
-            "input_ids": pad_to([f["input_ids"] for f in features], pad),
-            "attention_mask": pad_to([[1] * len(f["input_ids"]) for f in features], 0),
+            "input_ids": pad_rows([f["input_ids"] for f in features], pad),
+            "attention_mask": pad_rows([[1] * len(f["input_ids"]) for f in features], 0),
         }
         if "labels" in features[0]:
-            batch["labels"] = pad_to([f["labels"] for f in features], -100)
+            batch["labels"] = pad_rows([f["labels"] for f in features], -100)
         if not train and "row" in features[0]:  # evaluation translates the split's first rows
             batch["row"] = torch.tensor([f["row"] for f in features])
         if not train and "reference" in features[0]:
