@@ -146,6 +146,16 @@ def test_bad_answer_start_and_unanswerable_without_v2_are_data_errors(tmp_path):
     none = squad_file(tmp_path, [{"id": "q-8", "question": "Who?", "answers": []}], context, "none.json")
     with pytest.raises(DataError, match="'q-8'.*version_2_with_negative"):
         train(qa_recipe(tmp_path, "~data.builtin", f"data.train={none}", out="none"))
+    twice = [{"id": "q-9", "question": "Where?", "answers": [{"text": "Talvik", "answer_start": 17}]}] * 2
+    with pytest.raises(DataError, match="'q-9' appears twice"):
+        train(
+            qa_recipe(
+                tmp_path,
+                "~data.builtin",
+                f"data.train={squad_file(tmp_path, twice, context, 'twice.json')}",
+                out="twice",
+            )
+        )
     with pytest.raises(RecipeError) as info:
         qa_recipe(tmp_path, "qa.doc_stride=40")
     assert info.value.key == "qa.doc_stride" and "64" in info.value.message

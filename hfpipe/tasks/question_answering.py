@@ -95,11 +95,13 @@ def examples(raw, split: str, recipe) -> list[dict]:
         out.append(
             {"id": qid, "question": row[question_col].lstrip(), "context": context, "answers": answers}
         )
-    ids = [e["id"] for e in out]
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
-        raise DataError(f"example id {dup!r} appears twice: predictions are keyed by id", **raw.where(split))
+    seen: set[str] = set()
+    for e in out:
+        if e["id"] in seen:
+            raise DataError(
+                f"example id {e['id']!r} appears twice: predictions are keyed by id", **raw.where(split)
+            )
+        seen.add(e["id"])
     return out
 
 
