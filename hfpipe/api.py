@@ -141,8 +141,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         score(result.model, tokenizer, splits["validation"], task, recipe, accelerator, written["validation"])
     if main:
         for split_name, files in written.items():
-            for name, content in files.items():
-                io.write_json(run_dir / f"{split_name}_{name}", content)
+            _write_outputs(run_dir, files, prefix=f"{split_name}_")
         if test is not None and not labelled:
             _write_test_predictions(result.model, tokenizer, raw, task, recipe, run_dir)
         io.export_model(result.model, tokenizer, run_dir)
@@ -249,18 +248,26 @@ def _check_lengths(recipe, config) -> None:
 
 
 def _check_label_smoothing(recipe, config) -> None:
-    if recipe.train.label_smoothing and recipe.task == "question-answering":
+    if not recipe.train.label_smoothing:
+        return
+    reason = (
+        "label smoothing applies to classes and tokens, not answer spans"
+        if recipe.task == "question-answering"
+        else "label smoothing needs classes, and this is a regression head"
+        if getattr(config, "problem_type", None) == "regression"
+        else None
+    )
+    if reason:
         from hfpipe.errors import RecipeError
 
-        raise RecipeError(
-            "label smoothing applies to classes and tokens, not answer spans", key="train.label_smoothing"
-        )
-    if recipe.train.label_smoothing and getattr(config, "problem_type", None) == "regression":
-        from hfpipe.errors import RecipeError
+        raise RecipeError(reason, key="train.label_smoothing")
 
-        raise RecipeError(
-            "label smoothing needs classes, and this is a regression head", key="train.label_smoothing"
-        )
+
+def _write_outputs(directory: Path, files: dict, prefix: str = "") -> None:
+    """The JSON files a task's evaluation produced (question-answering: predictions, n-best)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        io.write_json(Path(directory) / f"{prefix}{name}", content)
 
 
 def _write_test_predictions(model, tokenizer, raw, task, recipe, run_dir: Path) -> None:
@@ -366,9 +373,7 @@ def evaluate_run(
     outputs: dict = {}
     metrics = score(model, tokenizer, prepared, task, recipe, outputs=outputs)
     if predictions_dir is not None and outputs:
-        Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-        for name, content in outputs.items():
-            io.write_json(Path(predictions_dir) / name, content)
+        _write_outputs(predictions_dir, outputs)
     return metrics
 
 
