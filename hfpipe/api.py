@@ -32,6 +32,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
 
     Under `accelerate launch` every process runs this; only the main process writes the run directory.
     """
+    from hfpipe.adapters import parameter_counts
     from hfpipe.cache import prepare_split
     from hfpipe.data import load_raw
     from hfpipe.models import build_model
@@ -86,7 +87,11 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             for name in raw.splits
         }
 
+    # What the run reads must survive --overwrite: the recipe, the data, a local base model or tokenizer.
     protected = [recipe.source or ""] + [f for f in raw.files]
+    protected += [
+        p for p in (recipe.model.name_or_path, recipe.tokenizer.name_or_path) if p and Path(p).is_dir()
+    ]
     if main and resume_from is None:
         io.prepare_output_dir(
             recipe.output_dir, overwrite=overwrite or restart, protected=tuple(p for p in protected if p)
@@ -113,8 +118,14 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         resume_command = " ".join(words if "--resume" in words else [*words, "--resume"])
         raise TrainingInterrupted(exc.signal_name, exc.step, resume_command) from None
 
+    extra = {}  # adapter runs: base_model.json names the base model the adapter needs
+    if recipe.peft is not None:
+        from hfpipe.adapters import BASE_RECORD, base_record
+
+        extra[BASE_RECORD] = base_record(result.model, recipe)
     metrics: dict = {
         "task": task.name,
+        "parameters": parameter_counts(result.model),
         "train": {
             "steps": result.state.step,
             "epochs": round(result.state.epoch_float, 4),
@@ -144,17 +155,15 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             _write_outputs(run_dir, files, prefix=f"{split_name}_")
         if test is not None and not labelled:
             _write_test_predictions(result.model, tokenizer, raw, task, recipe, run_dir)
-        io.export_model(result.model, tokenizer, run_dir)
+        io.export_model(result.model, tokenizer, run_dir, extra=extra)
         io.write_json(run_dir / io.METRICS, metrics)
-        io.atomic_write_text(
-            run_dir / io.CARD, io.model_card(recipe, task, metrics, command, result.model.num_parameters())
-        )
+        io.atomic_write_text(run_dir / io.CARD, io.model_card(recipe, task, metrics, command))
     accelerator.wait_for_everyone()
     return run_dir
 
 
 # Sections that define what is trained; resuming with any of them changed would mix two runs.
-_RUN_DEFINING = ("task", "model", "tokenizer", "data")
+_RUN_DEFINING = ("task", "model", "tokenizer", "data", "peft")
 # Settings that decide which example comes in which step: a resumed run must keep them.
 _ORDER_DEFINING = ("batch_size", "gradient_accumulation_steps", "seed", "group_by_length")
 RESTART = Path("/")  # sentinel of _resume_point: start again in our own unfinished run directory
@@ -175,7 +184,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
     run_dir = Path(recipe.output_dir).resolve()
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        if (run_dir / io.MARKER).exists() and not (run_dir / "config.json").exists():
+        if (run_dir / io.MARKER).exists() and not any((run_dir / n).exists() for n in io.LOADABLE):
             log.warning("%s: the run stopped before its first checkpoint; starting it again", run_dir)
             return RESTART
         if explicit and run_dir.is_dir() and any(run_dir.iterdir()):
@@ -327,15 +336,16 @@ def open_run(run_dir: str | Path):
         raise RunError("not a directory", file=str(run_dir))
     if not (run_dir / io.RECIPE).exists():
         raise RunError(f"no {io.RECIPE}: not an hfpipe run directory", file=str(run_dir))
-    if not (run_dir / "config.json").exists():
+    if not any((run_dir / name).exists() for name in io.LOADABLE):
         raise RunError(
-            "no config.json: the run did not finish (train it again, or resume it)", file=str(run_dir)
+            "no config.json (nor adapter_config.json): the run did not finish (train it again, or resume it)",
+            file=str(run_dir),
         )
     data, lines = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
     recipe = validate_dict(data, {k: (str(run_dir / io.RECIPE), v) for k, v in lines.items()})
     _quiet_libraries()
     task = get_task(recipe.task)
-    model, tokenizer = load_run_model(run_dir, task)
+    model, tokenizer = load_run_model(run_dir, task, recipe)
     return recipe, task, model, tokenizer
 
 
@@ -613,3 +623,50 @@ def answer_run(
     predictions = answer(model, tokenizer, rows, recipe, batch_size=batch_size)
     shown = [{"question": r[QUESTION]} if QUESTION in r else r for r in rows]
     return shown, predictions
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> tuple[Path, float]:
+    """Fold an adapter run into its base model: (standalone run directory `out_dir`, largest difference
+    between the adapter model's outputs and the merged model's on a probe input)."""
+    import json
+    import shutil
+
+    import torch
+
+    from hfpipe.adapters import ADAPTER_CONFIG, is_adapter_run, max_output_difference, probe_inputs
+    from hfpipe.errors import TrainingError
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if run_dir.is_dir() and (run_dir / "config.json").exists() and not is_adapter_run(run_dir):
+        raise RunError("not an adapter run: it already holds a full model", file=str(run_dir))
+    recipe, task, model, tokenizer = open_run(run_dir)
+    if recipe.peft is not None and recipe.peft.method == "prefix-tuning":
+        raise RunError(
+            "a prefix-tuning adapter adds key / value positions, not weight updates: it cannot be merged; "
+            "use the adapter run directory itself",
+            file=str(run_dir),
+        )
+    if out_dir.resolve() == run_dir.resolve():
+        raise RunError("the merged model needs a directory of its own", file=str(out_dir))
+    probe = probe_inputs(model, tokenizer)
+    with torch.no_grad():
+        before = model(**probe)
+        merged = model.merge_and_unload()
+        merged.eval()
+        after = merged(**probe)
+    difference = max_output_difference(before, after)
+    if difference > 1e-4:
+        raise TrainingError(f"the merged model's outputs differ from the adapter's by {difference:.2e}")
+    base = json.loads((run_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    io.prepare_output_dir(out_dir, overwrite=overwrite, protected=(str(run_dir), base))
+    io.export_model(merged, tokenizer, out_dir)
+    shutil.copyfile(run_dir / io.RECIPE, out_dir / io.RECIPE)
+    metrics = json.loads((run_dir / io.METRICS).read_text()) if (run_dir / io.METRICS).exists() else {}
+    metrics["merged_from"] = str(run_dir.resolve())
+    metrics["merge_max_output_difference"] = difference
+    io.write_json(out_dir / io.METRICS, metrics)
+    command = shlex.join(["hfpipe", *sys.argv[1:]])
+    card = io.model_card(recipe, task, metrics, command, merged_from=str(run_dir.resolve()))
+    io.atomic_write_text(out_dir / io.CARD, card)
+    log.info("merged %s into its base: outputs differ by at most %.2e", run_dir, difference)
+    return out_dir, difference

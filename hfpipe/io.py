@@ -28,6 +28,8 @@ METRICS_LOG = "metrics.jsonl"
 CARD = "README.md"
 CHECKPOINTS = "checkpoints"
 MARKER = ".hfpipe-run"
+# A file that makes a run directory loadable, written last: a full model's config, or an adapter's.
+LOADABLE = ("config.json", "adapter_config.json")
 
 
 def _repo_root(start: Path) -> Path | None:
@@ -172,21 +174,25 @@ def commit_dir(tmp: Path, final: Path) -> Path:
     return final
 
 
-def export_model(model, tokenizer, run_dir: Path) -> None:
-    """Save model + tokenizer into the run directory's root, config.json last.
+def export_model(model, tokenizer, run_dir: Path, extra: dict | None = None) -> None:
+    """Save model + tokenizer (+ `extra` {file name: JSON content}) into the run directory's root.
 
-    Files are written to a temporary directory and moved in one by one with atomic renames; config.json,
-    which makes the directory loadable, arrives last, so a half-exported directory never loads.
+    Files are written to a temporary directory and moved in one by one with atomic renames; config.json
+    (adapter_config.json for an adapter), which makes the directory loadable, arrives last, so a
+    half-exported directory never loads.
     """
     run_dir = Path(run_dir)
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        (tmp / CARD).unlink(missing_ok=True)  # PEFT writes a stub card; hfpipe writes its own
+        for name, content in (extra or {}).items():
+            write_json(tmp / name, content)
 
     staged = atomic_dir(run_dir / ".export", fill)
     names = sorted(p.name for p in staged.iterdir())
-    names.sort(key=lambda n: n == "config.json")
+    names.sort(key=lambda n: n in LOADABLE)
     mode = 0o666 & ~_umask()
     for name in names:
         if (staged / name).is_file():
@@ -198,10 +204,15 @@ def export_model(model, tokenizer, run_dir: Path) -> None:
     staged.rmdir()
 
 
-def model_card(recipe, task, metrics: dict, command: str, num_parameters: int) -> str:
-    """README.md for the run directory: Hub metadata, what was trained on what, the results."""
+def model_card(recipe, task, metrics: dict, command: str, merged_from: str | None = None) -> str:
+    """README.md for the run directory: Hub metadata, what was trained on what, the results.
+
+    An adapter run's card says so (library peft, its base model, how to load both); `merged_from` is the
+    adapter run a `hfpipe merge` directory was made from."""
     from hfpipe import __version__
 
+    adapter = recipe.peft is not None and merged_from is None
+    params = metrics.get("parameters") or {}
     model = recipe.model.name_or_path or f"{recipe.model.architecture} built from config"
     data = recipe.data
     if data.builtin:
@@ -213,13 +224,18 @@ def model_card(recipe, task, metrics: dict, command: str, num_parameters: int) -
     else:
         files = [data.train] if isinstance(data.train, str) else list(data.train or [])
         source = ", ".join(f"`{Path(f).name}`" for f in files)
-    lines = [
+    front = [
         "---",
-        "library_name: transformers",
+        f"library_name: {'peft' if adapter else 'transformers'}",
         f"pipeline_tag: {task.pipeline_tag}",
-        "tags:",
-        "- hfpipe",
-        f"- {task.name}",
+    ]
+    if recipe.model.name_or_path:
+        front.append(f"base_model: {recipe.model.name_or_path}")
+    front += ["tags:", "- hfpipe", f"- {task.name}"]
+    if recipe.peft is not None:
+        front.append(f"- {recipe.peft.method}")
+    lines = [
+        *front,
         "---",
         "",
         f"# {Path(recipe.output_dir).name}",
@@ -227,9 +243,17 @@ def model_card(recipe, task, metrics: dict, command: str, num_parameters: int) -
         recipe.description or f"A {task.name} model trained with hfpipe {__version__}.",
         "",
         f"- **Task:** {task.name} ({task.description})",
-        f"- **Model:** {model}, {num_parameters:,} parameters",
+        f"- **Model:** {model}, {params.get('total', 0):,} parameters",
         f"- **Data:** {source}",
         f"- **Command:** `{command}`",
+    ]
+    if recipe.peft is not None:
+        lines.append(
+            f"- **Adapter:** {recipe.peft.method}, {params.get('trainable', 0):,} trainable parameters "
+            f"({100 * params.get('trainable_fraction', 0):.2f}%)"
+            + (f"; merged into the base by `hfpipe merge` from `{merged_from}`" if merged_from else "")
+        )
+    lines += [
         "",
         "## Results",
         "",
@@ -241,14 +265,39 @@ def model_card(recipe, task, metrics: dict, command: str, num_parameters: int) -
             lines.append(f"| {split} | {name} | {_fmt(value)} |")
     if metrics.get("best_step") is not None:
         lines += ["", f"Best checkpoint: step {metrics['best_step']} by {metrics.get('metric_for_best')}."]
+    name = Path(recipe.output_dir).name
+    use = (
+        [
+            "This directory holds the adapter only; it loads on top of its base model (named in",
+            "`adapter_config.json` and `base_model.json`, with the config the base was loaded with):",
+            "",
+            "```python",
+            "import json",
+            "import transformers",
+            "from peft import PeftModel",
+            f"from transformers import {task.auto_model}",
+            "",
+            f'record = json.load(open("{name}/base_model.json"))',
+            'config = transformers.CONFIG_MAPPING[record["model_type"]].from_dict(record["config"])',
+            f'base = {task.auto_model}.from_pretrained(record["name_or_path"], config=config)',
+            f'model = PeftModel.from_pretrained(base, "{name}")',
+            "```",
+            "",
+            f"hfpipe commands take the directory as it is; `hfpipe merge {name} OUT` writes a standalone model.",
+        ]
+        if adapter
+        else [
+            "```python",
+            "from transformers import pipeline",
+            f'pipe = pipeline("{task.pipeline_tag}", model="{name}")',
+            "```",
+        ]
+    )
     lines += [
         "",
         "## Use",
         "",
-        "```python",
-        "from transformers import pipeline",
-        f'pipe = pipeline("{task.pipeline_tag}", model="{Path(recipe.output_dir).name}")',
-        "```",
+        *use,
         "",
         "The exact recipe is in `recipe.yaml`; training logs in `metrics.jsonl`.",
         "",

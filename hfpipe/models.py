@@ -117,8 +117,9 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
         raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
     transformers.set_seed(recipe.train.seed)  # a new head is initialised randomly too
     try:
-        model = cls.from_pretrained(
+        model, loading = cls.from_pretrained(
             spec.name_or_path,
+            output_loading_info=True,
             config=config,
             revision=spec.revision,
             trust_remote_code=spec.trust_remote_code,
@@ -137,17 +138,47 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
         ) from None
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        if recipe.peft is not None:
+            raise RecipeError(
+                f"the tokenizer has {len(tokenizer)} tokens, the base model's embeddings "
+                f"{model.get_input_embeddings().num_embeddings}: an adapter keeps the embeddings frozen and "
+                "cannot add tokens; use the base model's own tokenizer",
+                key="tokenizer.name_or_path",
+            )
         model.resize_token_embeddings(len(tokenizer))
     log.info("loaded %s: %s parameters", spec.name_or_path, f"{model.num_parameters():,}")
+    if recipe.peft is not None:
+        from hfpipe.adapters import wrap
+
+        model = wrap(model, recipe, task, new_modules=_newly_initialised(loading))
     return model
 
 
-def load_run_model(run_dir, task):
-    """Model and tokenizer of a finished run directory (a Hugging Face model directory)."""
+def _newly_initialised(loading: dict) -> list[str]:
+    """The outermost modules holding weights the checkpoint lacked (a new head: classifier, qa_outputs, an
+    MLM head on a classifier's checkpoint). Under an adapter they train in full and are saved with it: left
+    frozen, they would stay random, and not the same random when the run is loaded again."""
+    keys = set(loading.get("missing_keys") or ())
+    keys |= {k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys") or ()}
+    modules = sorted({k.rsplit(".", 1)[0] for k in keys if "." in k}, key=lambda m: m.count("."))
+    outermost: list[str] = []
+    for module in modules:
+        if not any(module == m or module.startswith(m + ".") for m in outermost):
+            outermost.append(module)
+    return outermost
+
+
+def load_run_model(run_dir, task, recipe):
+    """Model and tokenizer of a finished run directory: a Hugging Face model directory, or an adapter
+    directory whose base model is loaded first (transparently: the same calls work on both)."""
     from transformers import AutoTokenizer
+
+    from hfpipe.adapters import is_adapter_run, load_adapter_run
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        if is_adapter_run(run_dir):
+            return load_adapter_run(run_dir, task, recipe), tokenizer
         model = auto_class(task).from_pretrained(str(run_dir))
     except (OSError, ValueError) as exc:
         raise RunError(f"cannot load the model: {_first_line(exc)}", file=str(run_dir)) from None

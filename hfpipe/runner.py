@@ -258,6 +258,9 @@ def fit(
             generator=generator(),
         )
     optimizer = _optimizer(model, spec)
+    from hfpipe.adapters import register_checkpoint_hooks
+
+    register_checkpoint_hooks(accelerator)  # frozen weights (an adapter's base) stay out of checkpoints
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     if eval_dl is not None:
         eval_dl = accelerator.prepare(eval_dl)
@@ -567,7 +570,12 @@ def fit(
         log.info(
             "loading the best model: step %d, %s %.4f", state.best_step, metric_for_best, state.best_metric
         )
-        final = type(final).from_pretrained(str(best_dir))
+        from hfpipe.adapters import is_peft_model, load_saved_adapter
+
+        if is_peft_model(final):  # the best adapter goes back into the model in hand (same frozen base)
+            load_saved_adapter(final, best_dir)
+        else:
+            final = type(final).from_pretrained(str(best_dir))
         final.to(accelerator.device)
         validation = _best_eval(metrics_log, state.best_step)
     accelerator.free_memory()

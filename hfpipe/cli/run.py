@@ -252,6 +252,23 @@ def answer(
         _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
 
 
+def merge(
+    run_dir: RunDirArg,
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the merged model.", show_default=False)],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier merge in OUT_DIR.")
+    ] = False,
+) -> None:
+    """Fold a LoRA / IA3 adapter run into its base model: OUT_DIR is a standalone Hugging Face model
+    directory (and an hfpipe run directory) whose outputs equal the adapter model's."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.api import merge_run
+
+        out, difference = merge_run(run_dir, out_dir, overwrite=overwrite)
+        typer.echo(f"merged model: {out} (outputs within {difference:.1e} of the adapter's)")
+
+
 def _emit(lines: list[str], output: Path | None) -> None:
     if output:
         from hfpipe.io import atomic_write_text
@@ -269,3 +286,4 @@ def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.command()(translate)
     app.command()(answer)
+    app.command()(merge)

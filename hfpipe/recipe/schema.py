@@ -403,6 +403,69 @@ class QuestionAnswering(Section):
     )
 
 
+class Peft(Section):
+    """Parameter-efficient fine-tuning with PEFT: the pretrained model stays frozen; small added weights
+    (and the task head: classifier / qa_outputs) train, and the run directory holds only those."""
+
+    method: Literal["lora", "ia3", "prefix-tuning"] = Field(
+        "lora",
+        description="lora: low-rank updates of chosen weight matrices; ia3: learned rescaling of activations; "
+        "prefix-tuning: learned key / value prefixes in every layer (decoders and encoder-decoders only).",
+    )
+    r: int = Field(8, ge=1, description="lora: rank of the update.")
+    alpha: float = Field(16.0, gt=0, description="lora: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="lora: dropout on the adapted layers' input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="lora / ia3: modules to adapt; a name matches every module whose dotted path ends with it. "
+        "None: the architecture's own (lora: BERT query, value; GPT-2 c_attn; T5 q, v; BART / Marian q_proj, "
+        "v_proj).",
+    )
+    feedforward_modules: list[str] | None = Field(
+        None,
+        description="ia3: which of target_modules are feed-forward layers (scaled at their input). None: the "
+        "architecture's own.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="lora: biases that train too: none, all, or those of the adapted layers."
+    )
+    modules_to_save: list[str] | None = Field(
+        None,
+        description="Modules trained in full and saved with the adapter, besides the task head "
+        "(classifier / qa_outputs always are).",
+    )
+    num_virtual_tokens: int = Field(20, ge=1, description="prefix-tuning: learned positions per layer.")
+
+    @model_validator(mode="after")
+    def _options_of_the_method(self) -> Peft:
+        applies = {
+            "r": ("lora",),
+            "alpha": ("lora",),
+            "dropout": ("lora",),
+            "bias": ("lora",),
+            "target_modules": ("lora", "ia3"),
+            "feedforward_modules": ("ia3",),
+            "num_virtual_tokens": ("prefix-tuning",),
+        }
+        for name in sorted(self.model_fields_set):  # set to something else than the default
+            methods = applies.get(name)
+            default = type(self).model_fields[name].default
+            if methods and self.method not in methods and getattr(self, name) != default:
+                raise ValueError(f"@peft.{name}: {name} applies to {' / '.join(methods)}, not {self.method}")
+        for name in ("target_modules", "feedforward_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(not m.strip() for m in value)):
+                raise ValueError(f"@peft.{name}: give module names (or leave it out for the defaults)")
+        extra = set(self.feedforward_modules or ()) - set(
+            self.target_modules or self.feedforward_modules or ()
+        )
+        if extra:
+            raise ValueError(
+                f"@peft.feedforward_modules: {', '.join(sorted(extra))} not in peft.target_modules"
+            )
+        return self
+
+
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
@@ -415,6 +478,11 @@ class Recipe(Section):
     generation: Generation = Field(default_factory=Generation, description="Text generation settings.")
     qa: QuestionAnswering = Field(
         default_factory=QuestionAnswering, description="question-answering: windows and answer selection."
+    )
+    peft: Peft | None = Field(
+        None,
+        description="Train an adapter (LoRA, IA3, prefix-tuning) on a frozen pretrained model instead of all "
+        "its weights; the run directory holds the adapter and names the base model.",
     )
     output_dir: str = Field(
         description="Run directory: a Hugging Face model directory plus recipe, metrics and card.",
@@ -447,6 +515,15 @@ class Recipe(Section):
                 f"@qa.doc_stride: {self.qa.doc_stride} must be less than data.max_length ({self.data.max_length}) "
                 f"- qa.max_question_length ({self.qa.max_question_length}) - 3 special tokens = {room}: each "
                 "window must move forward through the context"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _peft_needs_pretrained(self) -> Recipe:
+        if self.peft is not None and self.model.architecture:
+            raise ValueError(
+                "@peft: an adapter trains on a frozen pretrained model: give model.name_or_path (a Hub name or "
+                "a run directory); a model built from config has no trained weights to keep"
             )
         return self
 

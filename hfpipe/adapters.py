@@ -1,0 +1,364 @@
+"""PEFT on every head: wrap a model with the recipe's ``peft:`` section; save, reload and merge adapter runs.
+
+Nothing here knows a task. The task's ``peft_task_type`` picks PEFT's model class, which also trains the
+head of classification / QA models in full (``classifier``, ``qa_outputs``); default target modules come
+from the model's ``model_type``. A new task, or a pretrained model of another architecture, needs no code.
+
+An adapter run directory is a PEFT adapter directory (adapter_config.json, adapter_model.safetensors,
+tokenizer) plus hfpipe's files; it has no config.json on purpose: transformers would take the directory
+for a full model and look for its weights. ``base_model.json`` names the base model, the config it was
+loaded with (labels, dropout overrides) and, for a local base, the sha256 of its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hfpipe.errors import RecipeError, RunError
+
+log = logging.getLogger("hfpipe")
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_RECORD = "base_model.json"
+
+# Default modules per model_type. Attention query / value for LoRA (as in the LoRA paper); IA3 scales keys,
+# values and the feed-forward output. Other model types fall back to PEFT's own tables.
+LORA_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "gpt2": ["c_attn"],
+    "t5": ["q", "v"],
+    "bart": ["q_proj", "v_proj"],
+    "marian": ["q_proj", "v_proj"],
+}
+IA3_TARGETS = {  # (target_modules, feedforward_modules)
+    "bert": (["key", "value", "output.dense"], ["output.dense"]),
+    "roberta": (["key", "value", "output.dense"], ["output.dense"]),
+    "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
+    "t5": (["k", "v", "wo"], ["wo"]),
+    "bart": (["k_proj", "v_proj", "fc2"], ["fc2"]),
+    "marian": (["k_proj", "v_proj", "fc2"], ["fc2"]),
+}
+
+
+def is_adapter_run(run_dir) -> bool:
+    return (Path(run_dir) / ADAPTER_CONFIG).is_file()
+
+
+def is_peft_model(model) -> bool:
+    """True for a PeftModel, without importing peft (7 s) when nothing uses it."""
+    import sys
+
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def _matches(name: str, target: str) -> bool:
+    """PEFT's rule for a list of target names: the module's dotted path is the name or ends with .name."""
+    return name == target or name.endswith("." + target)
+
+
+def _layer_names(model) -> list[str]:
+    """Distinct last names of the model's linear layers: what a user can put in target_modules."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if type(module).__name__ in ("Linear", "Conv1D") and name
+    }
+    return sorted(names)
+
+
+def _check_names(model, names: list[str], key: str) -> None:
+    modules = [name for name, _ in model.named_modules()]
+    missing = [t for t in names if not any(_matches(m, t) for m in modules)]
+    if missing:
+        raise RecipeError(
+            f"no module of this {model.config.model_type} model is called {', '.join(map(repr, missing))} "
+            f"(its linear layers: {', '.join(_layer_names(model))})",
+            key=key,
+        )
+
+
+def _defaults(model, method: str):
+    """(target_modules, feedforward_modules) of the model's architecture for `method`."""
+    from peft.utils import constants
+
+    model_type = model.config.model_type
+    if method == "lora":
+        targets = LORA_TARGETS.get(
+            model_type
+        ) or constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        feedforward = None
+    else:
+        targets, feedforward = IA3_TARGETS.get(model_type) or (
+            constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type),
+            constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type),
+        )
+    if not targets:
+        raise RecipeError(
+            f"no default target modules for model type {model_type!r}: give peft.target_modules "
+            f"(its linear layers: {', '.join(_layer_names(model))})",
+            key="peft.target_modules",
+        )
+    return list(targets), list(feedforward) if feedforward else None
+
+
+def _conv1d(model, targets: list[str]) -> bool:
+    """GPT-2 keeps its attention / MLP weights as Conv1D (in x out, the transpose of nn.Linear)."""
+    return any(
+        type(module).__name__ == "Conv1D" and any(_matches(name, t) for t in targets)
+        for name, module in model.named_modules()
+    )
+
+
+def peft_config(model, recipe, task, new_modules: list[str] = ()):
+    """The PEFT config of the recipe's `peft:` section for `model` (a transformers model); `new_modules`
+    (weights the checkpoint lacked) train in full beside the adapter, as the recipe's modules_to_save."""
+    import peft
+
+    spec = recipe.peft
+    if spec.modules_to_save:
+        _check_names(model, spec.modules_to_save, "peft.modules_to_save")
+    to_save = [
+        *(spec.modules_to_save or ()),
+        *(m for m in new_modules if m not in (spec.modules_to_save or ())),
+    ]
+    common = {
+        "task_type": task.peft_task_type,
+        "modules_to_save": to_save or None,
+        "revision": recipe.model.revision,
+    }
+    if spec.method == "prefix-tuning":
+        if not (model.config.is_encoder_decoder or task.peft_task_type == "CAUSAL_LM"):
+            raise RecipeError(
+                f"prefix-tuning needs a decoder or an encoder-decoder (GPT-2, T5, BART, Marian); this "
+                f"{model.config.model_type} encoder does not read key / value prefixes: use lora or ia3",
+                key="peft.method",
+            )
+        return peft.PrefixTuningConfig(num_virtual_tokens=spec.num_virtual_tokens, **common)
+    targets, feedforward = (
+        (list(spec.target_modules), list(spec.feedforward_modules or []))
+        if spec.target_modules
+        else _defaults(model, spec.method)
+    )
+    _check_names(model, targets, "peft.target_modules")
+    if spec.method == "lora":
+        return peft.LoraConfig(
+            r=spec.r,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=targets,
+            bias=spec.bias,
+            fan_in_fan_out=_conv1d(model, targets),
+            **common,
+        )
+    return peft.IA3Config(
+        target_modules=targets,
+        feedforward_modules=feedforward or [],
+        fan_in_fan_out=_conv1d(model, targets),
+        **common,
+    )
+
+
+def wrap(model, recipe, task, new_modules: list[str] = ()):
+    """`model` with the recipe's adapter: base weights frozen, adapter (and task head) trainable."""
+    import warnings
+
+    import peft
+
+    config = peft_config(model, recipe, task, new_modules)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        try:
+            wrapped = peft.get_peft_model(model, config)
+        except (ValueError, TypeError) as exc:
+            text = " ".join(str(exc).split())[:300]
+            raise RecipeError(f"PEFT cannot adapt this model: {text}", key="peft") from None
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    spec = recipe.peft
+    what = (
+        f"{spec.method} r={spec.r} alpha={spec.alpha:g} on {', '.join(config.target_modules)}"
+        if spec.method == "lora"
+        else f"ia3 on {', '.join(config.target_modules)}"
+        if spec.method == "ia3"
+        else f"prefix-tuning, {spec.num_virtual_tokens} virtual tokens"
+    )
+    names = [name for name, _ in model.named_modules()]
+    saved = sorted(t for t in wrapped.modules_to_save or () if any(_matches(n, t) for n in names))
+    log.info(
+        "%s%s: %s of %s parameters train (%.2f%%)",
+        what,
+        f" + {', '.join(saved)} in full" if saved else "",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+    return wrapped
+
+
+def parameter_counts(model) -> dict:
+    """{"total", "trainable", "trainable_fraction"} of a model (wrapped or not)."""
+    if is_peft_model(model):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "trainable_fraction": round(trainable / total, 6)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints: only what trains
+
+
+def register_checkpoint_hooks(accelerator) -> None:
+    """Resumable checkpoints of a model with frozen weights hold only its trainable ones.
+
+    The frozen base comes back from the recipe (model.name_or_path) when a run resumes, so a LoRA checkpoint
+    of a 110M-parameter model is a few MB, not 440. Models without frozen weights are saved whole, as before.
+    """
+
+    def trainable_names(model) -> set[str] | None:
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        return names if len(names) < sum(1 for _ in model.parameters()) else None
+
+    def save_hook(models, weights, _output_dir) -> None:
+        for i, model in enumerate(models):
+            names = trainable_names(model)
+            if names is not None and i < len(weights):
+                weights[i] = {k: v for k, v in weights[i].items() if k in names}
+
+    def load_hook(models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        for i, model in list(enumerate(models)):
+            names = trainable_names(model)
+            if names is None:
+                continue
+            path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
+            state = load_file(str(path))
+            missing = sorted(names - set(state))
+            if missing:
+                raise RunError(
+                    f"checkpoint lacks trainable weights {missing[:3]} of this model", file=str(path)
+                )
+            model.load_state_dict(state, strict=False)
+            models.remove(model)  # loaded: Accelerate must not load it again, strictly
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def load_saved_adapter(model, directory) -> None:
+    """Load the adapter weights saved by `model.save_pretrained(directory)` back into `model` (the best one)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run directory
+
+
+def _weights_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            out[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def base_record(model, recipe) -> dict:
+    """base_model.json: which base the adapter needs, and the config it was loaded with."""
+    name = recipe.model.name_or_path
+    record = {
+        "name_or_path": name,
+        "revision": recipe.model.revision,
+        "model_type": model.config.model_type,
+        "config": model.get_base_model().config.to_dict(),
+    }
+    if Path(name).is_dir():
+        record["weights_sha256"] = _weights_digest(Path(name))
+    return record
+
+
+def load_adapter_run(run_dir, task, recipe):
+    """(model) of an adapter run: its base model (loaded with the config of training) plus the adapter."""
+    import transformers
+    from peft import PeftModel
+
+    from hfpipe.models import auto_class
+
+    run_dir = Path(run_dir)
+    try:
+        adapter = json.loads((run_dir / ADAPTER_CONFIG).read_text())
+        record = json.loads((run_dir / BASE_RECORD).read_text()) if (run_dir / BASE_RECORD).exists() else {}
+    except (OSError, ValueError) as exc:
+        raise RunError(f"unreadable adapter description: {exc}", file=str(run_dir)) from None
+    base = adapter.get("base_model_name_or_path") or record.get("name_or_path")
+    if not base:
+        raise RunError(f"{ADAPTER_CONFIG} names no base model (base_model_name_or_path)", file=str(run_dir))
+    config = None
+    if record.get("config"):
+        conf = record["config"]
+        config = transformers.CONFIG_MAPPING[conf["model_type"]].from_dict(conf)
+    expected = record.get("weights_sha256")
+    if expected and Path(base).is_dir() and _weights_digest(Path(base)) != expected:
+        log.warning(
+            "the base model %s has changed since this adapter was trained on it (its weights' sha256 "
+            "differ): outputs will not be those the run measured",
+            base,
+        )
+    try:
+        model = auto_class(task).from_pretrained(
+            base,
+            config=config,
+            revision=adapter.get("revision"),
+            ignore_mismatched_sizes=True,  # a new head (other labels): its trained weights are the adapter's
+            use_safetensors=None if recipe.model.allow_pickle_weights else True,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"this adapter needs its base model {base!r} ({ADAPTER_CONFIG} base_model_name_or_path), which "
+            f"does not load: {first}",
+            file=str(run_dir),
+        ) from None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = PeftModel.from_pretrained(model, str(run_dir))
+    model.eval()
+    return model
+
+
+def probe_inputs(model, tokenizer):
+    """One input every head accepts (decoder inputs too for encoder-decoders), to compare two models."""
+    text = ["hfpipe merge parity check: the quick brown fox jumps."]
+    batch = tokenizer(
+        text, truncation=True, max_length=16, return_tensors="pt"
+    )  # within any model's positions
+    if model.config.is_encoder_decoder:
+        start = model.config.decoder_start_token_id or 0
+        decoder = batch["input_ids"][:, :-1].clone()
+        decoder[:, 0] = start
+        batch["decoder_input_ids"] = decoder
+    return {k: v.to(model.device) for k, v in batch.items()}
+
+
+def max_output_difference(a, b) -> float:
+    """Largest absolute difference between the tensors two model outputs share (logits, start / end)."""
+    import torch
+
+    worst = 0.0
+    for key, value in a.items():
+        other = b.get(key) if hasattr(b, "get") else None
+        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) and value.is_floating_point():
+            worst = max(worst, (value.float() - other.float()).abs().max().item())
+    return worst

@@ -1,0 +1,282 @@
+"""PEFT on every head: adapters train, leave the base alone, reload, merge, and every command reads them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import RECIPES, TINY, TINY_GPT2
+from test_generation import TINY_GEN
+from test_masked_lm import TINY_MLM
+from test_question_answering import TINY_QA
+from test_translation import TINY_T5
+
+from hfpipe import runner
+from hfpipe.adapters import max_output_difference, probe_inputs
+from hfpipe.api import merge_run, open_run, train
+from hfpipe.errors import RecipeError, RunError
+from hfpipe.recipe import load_recipe
+
+# A bundled recipe turned into an adapter recipe: the base model (and its tokenizer) replace the
+# architecture built from config.
+ON_BASE = ["~model.architecture", "~model.config", "~tokenizer"]
+
+
+def adapter_recipe(recipe_file, tiny, base, tmp_path, *overrides, out="lora"):
+    return load_recipe(
+        RECIPES / recipe_file,
+        [
+            *tiny,
+            *ON_BASE,
+            f"model.name_or_path={base}",
+            "peft.r=4",
+            "train.save_every=never",
+            *overrides,
+            f"output_dir={tmp_path / out}",
+        ],
+    )
+
+
+def train_keeping_model(recipe, monkeypatch):
+    """(run directory, the trained model as fit() returned it)."""
+    kept = {}
+    real_fit = runner.fit
+
+    def fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        kept["model"] = result.model
+        return result
+
+    monkeypatch.setattr(runner, "fit", fit)
+    run = train(recipe)
+    monkeypatch.setattr(runner, "fit", real_fit)
+    return run, kept["model"]
+
+
+def train_losses(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["type"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def bert_base(tmp_path_factory):
+    """A tiny BERT pretrained by masked-LM on review text: the base of the BERT adapters."""
+    out = tmp_path_factory.mktemp("bertbase") / "run"
+    return train(load_recipe(RECIPES / "bert-mlm-pretrain.yaml", [*TINY_MLM, f"output_dir={out}"]))
+
+
+@pytest.fixture(scope="module")
+def seq2seq_base(tmp_path_factory):
+    """A tiny T5 translation run (English -> Zeta), the base of the translation adapter."""
+    out = tmp_path_factory.mktemp("t5base") / "run"
+    return train(
+        load_recipe(RECIPES / "t5-translation.yaml", [*TINY_T5, "train.epochs=2", f"output_dir={out}"])
+    )
+
+
+# Language modelling adapters learn a new domain: the English side of the translation data.
+NEW_DOMAIN = ["~data.builtin", "data.builtin.name=translation", "data.columns.text=en"]
+CASES = {
+    # task: (bundled recipe, shrinking overrides, base fixture, extra overrides)
+    # A new task on the text the base classifier knows: the aspect of a review (a new, larger head).
+    "classification": (
+        "quickstart.yaml",
+        TINY,
+        "tiny_run",
+        ["data.columns.label=aspect", "train.epochs=2", "train.lr=1e-2"],
+    ),
+    "question-answering": (
+        "bert-qa.yaml",
+        TINY_QA,
+        "bert_base",
+        ["qa.max_question_length=40", "data.max_length=96", "train.epochs=3", "train.lr=1e-2"],
+    ),
+    "masked-lm": (
+        "bert-mlm-pretrain.yaml",
+        TINY_MLM,
+        "bert_base",
+        [*NEW_DOMAIN, "data.builtin.train_size=400", "data.builtin.validation_size=40", "train.lr=1e-2"],
+    ),
+    "causal-lm": (
+        "gpt2-clm-pretrain.yaml",
+        TINY_GPT2,
+        "clm_run",
+        [*NEW_DOMAIN, "data.builtin.train_size=400", "data.builtin.validation_size=40", "train.epochs=4"]
+        + ["train.lr=2e-2"],
+    ),
+    "generation": (
+        "gpt2-generation.yaml",
+        TINY_GEN,
+        "clm_run",
+        ["data.max_length=32", "generation.max_new_tokens=6", "train.epochs=2", "train.lr=1e-2"],
+    ),
+    "translation": (
+        "t5-translation.yaml",
+        TINY_T5,
+        "seq2seq_base",
+        ["data.builtin.train_size=300", "train.epochs=3", "train.lr=1e-2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_lora_on_every_head(task, request, tmp_path, monkeypatch):
+    from hfpipe.models import auto_class
+    from hfpipe.tasks import get_task
+
+    recipe_file, tiny, base_fixture, extra = CASES[task]
+    base = request.getfixturevalue(base_fixture)
+    run, trained = train_keeping_model(adapter_recipe(recipe_file, tiny, base, tmp_path, *extra), monkeypatch)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == task
+
+    # It learns: the training loss falls (means of the first and last three logged windows).
+    losses = train_losses(run)
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+    # Only the adapter (and the head) changed: every base weight equals the checkpoint's.
+    inner = trained.get_base_model()
+    fresh = auto_class(get_task(task)).from_pretrained(
+        base, config=inner.config, ignore_mismatched_sizes=True
+    )
+    reference = fresh.state_dict()
+    adapted = 0
+    for name, param in inner.named_parameters():
+        if any(part in name for part in ("lora_", "modules_to_save", "original_module")):
+            adapted += "lora_B" in name and bool(param.abs().sum() > 0)  # B starts at 0: it moved
+            continue
+        plain = name.replace(".base_layer", "")
+        if plain in reference:
+            assert torch.equal(param.detach().cpu(), reference[plain]), name
+    assert adapted > 0
+    params = metrics["parameters"]
+    assert 0 < params["trainable"] < params["total"] / 5
+
+    # The run directory holds the adapter only, names its base, and is much smaller than the model.
+    names = {p.name for p in run.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "base_model.json"} <= names
+    assert not names & {"config.json", "model.safetensors"}
+    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    assert json.loads((run / "base_model.json").read_text())["name_or_path"] == str(base)
+    adapter_size = (run / "adapter_model.safetensors").stat().st_size
+    assert adapter_size < (base / "model.safetensors").stat().st_size / 4
+
+    # The saved adapter reloads to the same outputs as the model that trained.
+    _, _, reloaded, tokenizer = open_run(run)
+    probe = probe_inputs(reloaded, tokenizer)
+    trained.eval()
+    with torch.no_grad():
+        assert max_output_difference(trained(**probe), reloaded(**probe)) < 1e-6
+        before = reloaded(**probe)
+
+    # Merged: a standalone model directory with the same outputs (to 1e-5), loadable by plain transformers.
+    merged, difference = merge_run(run, tmp_path / "merged")
+    assert difference <= 1e-5
+    plain = auto_class(get_task(task)).from_pretrained(merged).eval()
+    with torch.no_grad():
+        assert max_output_difference(before, plain(**probe)) <= 1e-5
+
+
+def test_cli_commands_take_adapter_runs(tiny_run, clm_run, cli, tmp_path, monkeypatch):
+    """predict / evaluate / generate / merge on adapter runs give what the merged model gives."""
+    run = train(adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, "train.epochs=1"))
+    merged = tmp_path / "merged"
+    result = cli("merge", run, merged)
+    assert result.exit_code == 0 and "merged model" in result.output
+    texts = ["--text", "a wonderful, moving film", "--text", "dull and far too long"]
+    assert cli("predict", run, *texts).output == cli("predict", merged, *texts).output
+    first, second = cli("evaluate", run), cli("evaluate", merged)
+    assert first.exit_code == 0 and first.output == second.output
+    again = cli("merge", run, merged)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+    gen = train(
+        adapter_recipe("gpt2-generation.yaml", TINY_GEN, clm_run, tmp_path, "data.max_length=32", out="gen")
+    )
+    cli("merge", gen, tmp_path / "gen-merged")
+    prompt = ["--prompt", "the film was", "--max-new-tokens", "5"]
+    out = cli("generate", gen, *prompt)
+    assert out.exit_code == 0 and out.output == cli("generate", tmp_path / "gen-merged", *prompt).output
+
+
+def test_ia3_and_prefix_tuning(tiny_run, clm_run, tmp_path, cli):
+    ia3 = train(
+        adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, "~peft.r", "peft.method=ia3", out="ia3")
+    )
+    config = json.loads((ia3 / "adapter_config.json").read_text())
+    assert config["peft_type"] == "IA3" and set(config["target_modules"]) == {"key", "value", "output.dense"}
+    _, difference = merge_run(ia3, tmp_path / "ia3-merged")
+    assert difference <= 1e-5
+
+    prefix = train(
+        adapter_recipe(
+            "gpt2-generation.yaml",
+            TINY_GEN,
+            clm_run,
+            tmp_path,
+            "~peft.r",
+            "peft.method=prefix-tuning",
+            "peft.num_virtual_tokens=4",
+            "data.max_length=24",
+            out="prefix",
+        )
+    )
+    assert json.loads((prefix / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    out = cli("generate", prefix, "--prompt", "the film was", "--max-new-tokens", "4")
+    assert out.exit_code == 0 and "completion" in out.output
+    with pytest.raises(RunError, match="cannot be merged"):
+        merge_run(prefix, tmp_path / "prefix-merged")
+
+
+def test_adapter_checkpoints_hold_only_trained_weights_and_resume_exactly(tiny_run, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["train.scheduler=constant", "data.builtin.train_size=256", "train.save_every=epoch"]
+    whole = train(
+        adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, *common, "train.epochs=2", out="a")
+    )
+    half = adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, *common, "train.epochs=1", out="b")
+    train(half)
+    checkpoint = sorted((tmp_path / "b" / "checkpoints").glob("step-*"))[-1]
+    keys = set(load_file(str(checkpoint / "model.safetensors")))
+    assert keys and all("lora_" in k or "modules_to_save" in k for k in keys), sorted(keys)[:5]
+    resumed = train(
+        adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, *common, "train.epochs=2", out="b"),
+        resume=True,
+    )
+    a = load_file(str(whole / "adapter_model.safetensors"))
+    b = load_file(str(resumed / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_recipe_errors(tiny_run, tmp_path, cli):
+    with pytest.raises(RecipeError, match="pretrained model") as err:
+        load_recipe(RECIPES / "quickstart.yaml", ["peft.method=lora", f"output_dir={tmp_path / 'x'}"])
+    assert err.value.key == "peft"
+    with pytest.raises(RecipeError, match="r applies to lora, not ia3"):
+        adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, "peft.method=ia3")
+    bad = adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, "peft.target_modules=[qkv]")
+    with pytest.raises(RecipeError, match="no module of this bert model is called 'qkv'.*query") as err:
+        train(bad)
+    assert err.value.key == "peft.target_modules"
+    assert not (tmp_path / "lora").exists()  # rejected before the run directory was made
+    prefix = adapter_recipe(
+        "quickstart.yaml", TINY, tiny_run, tmp_path, "~peft.r", "peft.method=prefix-tuning"
+    )
+    with pytest.raises(RecipeError, match="prefix-tuning needs a decoder"):
+        train(prefix)
+    result = cli("merge", tiny_run, tmp_path / "m")
+    assert result.exit_code != 0 and "not an adapter run" in result.output
+
+
+def test_a_missing_base_model_is_named(tiny_run, tmp_path, cli):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run, base)
+    run = train(adapter_recipe("quickstart.yaml", TINY, base, tmp_path, "train.epochs=1"))
+    shutil.rmtree(base)
+    result = cli("predict", run, "--text", "fine")
+    assert result.exit_code == 5 and str(base) in result.output and "base model" in result.output
