@@ -182,14 +182,24 @@ def _zeta_lexicon() -> dict[str, str]:
 _ZETA = _zeta_lexicon()
 
 
-def _translation_pair(rng: random.Random) -> tuple[str, str]:
+# Southern Zeta, a dialect for adapter demos: same words, other grammar. Plural -u (not -i), tense -ke / -so
+# (not -ta / -mo), and the adverb at the end of the sentence instead of the front.
+_STANDARD = {"plural": "i", "past": "-ta", "present": "-mo", "adverb_last": False}
+_SOUTHERN = {"plural": "u", "past": "-ke", "present": "-so", "adverb_last": True}
+
+
+def _translation_pair(rng: random.Random, grammar: dict = _STANDARD) -> tuple[str, str]:
+    plural_mark = grammar["plural"]
+
     def noun_phrase() -> tuple[str, str, bool]:
         noun, plural = rng.choice(_EN_NOUNS), rng.random() < 0.3
         adjectives = rng.sample(_EN_ADJECTIVES, rng.choice((0, 0, 1, 1, 2)))
         article = rng.choice(("the", "a")) if not plural else "the"
         en = " ".join([article if not plural else "the", *adjectives, noun + ("s" if plural else "")])
-        zt_article = {"the": "lo", "a": "na"}[article] + ("i" if plural else "")
-        zt = " ".join([zt_article, _ZETA[noun] + ("i" if plural else ""), *(_ZETA[a] for a in adjectives)])
+        zt_article = {"the": "lo", "a": "na"}[article] + (plural_mark if plural else "")
+        zt = " ".join(
+            [zt_article, _ZETA[noun] + (plural_mark if plural else ""), *(_ZETA[a] for a in adjectives)]
+        )
         return en, zt, plural
 
     subject_en, subject_zt, plural = noun_phrase()
@@ -197,10 +207,12 @@ def _translation_pair(rng: random.Random) -> tuple[str, str]:
     base, third, past = rng.choice(_EN_VERBS)
     tense = rng.choice(("present", "past"))
     verb_en = past if tense == "past" else (base if plural else third)
-    verb_zt = _ZETA[base] + ("-ta" if tense == "past" else "-mo")
+    verb_zt = _ZETA[base] + grammar[tense]
     adverb = rng.choice(_EN_ADVERBS) if rng.random() < 0.4 else None
     english = f"{subject_en} {verb_en} {object_en}" + (f" {adverb}" if adverb else "")
-    zeta = (f"{_ZETA[adverb]} " if adverb else "") + f"{subject_zt} {object_zt} {verb_zt}"
+    zeta = f"{subject_zt} {object_zt} {verb_zt}"
+    if adverb:
+        zeta = f"{zeta} {_ZETA[adverb]}" if grammar["adverb_last"] else f"{_ZETA[adverb]} {zeta}"
     return english[0].upper() + english[1:] + ".", zeta[0].upper() + zeta[1:] + "."
 
 
@@ -214,6 +226,21 @@ def translation(train_size: int, validation_size: int, test_size: int, seed: int
 
 
 GENERATORS["translation"] = translation
+
+
+def translation_southern(
+    train_size: int, validation_size: int, test_size: int, seed: int
+) -> dict[str, list[dict]]:
+    """English -> Southern Zeta (columns en, zt): Zeta's words with another plural, tense and adverb order;
+    the target of a translation adapter on a model trained on `translation`."""
+
+    def row(rng: random.Random) -> dict:
+        return dict(zip(("en", "zt"), _translation_pair(rng, _SOUTHERN), strict=True))
+
+    return _splits("translation_southern", (train_size, validation_size, test_size), seed, row)
+
+
+GENERATORS["translation_southern"] = translation_southern
 
 
 # --- extractive question answering: short biographies of invented people ------------------------------
