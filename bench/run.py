@@ -678,7 +678,7 @@ def bench_lora(steps: int = 300, batch_size: int = 32) -> dict:
         "data": "hfpipe built-in sentiment (the demo's): 8,000 train, 1,000 test sentences",
         "steps": steps,
         "batch_size": batch_size,
-        "lora": "r 8, alpha 16, dropout 0.05 on query / value; classifier and pooler trained in full; lr 1e-3",
+        "lora": "r 8, alpha 16, dropout 0.05 on query / value; the new classifier trained in full; lr 1e-3",
         "full": "every weight; lr 5e-5",
     }
     for name, extra in arms.items():

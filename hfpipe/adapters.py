@@ -177,6 +177,7 @@ def wrap(model, recipe, task, new_modules: list[str] = ()):
         except (ValueError, TypeError) as exc:
             text = " ".join(str(exc).split())[:300]
             raise RecipeError(f"PEFT cannot adapt this model: {text}", key="peft") from None
+    _pass_every_input(wrapped)
     trainable, total = wrapped.get_nb_trainable_parameters()
     spec = recipe.peft
     what = (
@@ -197,6 +198,19 @@ def wrap(model, recipe, task, new_modules: list[str] = ()):
         100 * trainable / total,
     )
     return wrapped
+
+
+def _pass_every_input(model):
+    """PEFT 0.21's PeftModelForQuestionAnswering drops token_type_ids and position_ids on the way to a LoRA /
+    IA3 model: BERT then reads the context as segment A, so the adapter trains on other inputs than the
+    merged model sees (measured: logits 5.0 apart). The adapter's own forward (base_model: the LoRA / IA3
+    wrapper) passes everything through; the PeftModel class stays, so saving and merging are unchanged."""
+    if (
+        type(model).__name__ == "PeftModelForQuestionAnswering"
+        and not model.active_peft_config.is_prompt_learning
+    ):
+        model.forward = model.base_model.forward
+    return model
 
 
 def parameter_counts(model) -> dict:
@@ -334,16 +348,18 @@ def load_adapter_run(run_dir, task, recipe):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = PeftModel.from_pretrained(model, str(run_dir))
+    _pass_every_input(model)
     model.eval()
     return model
 
 
 def probe_inputs(model, tokenizer):
     """One input every head accepts (decoder inputs too for encoder-decoders), to compare two models."""
-    text = ["hfpipe merge parity check: the quick brown fox jumps."]
-    batch = tokenizer(
-        text, truncation=True, max_length=16, return_tensors="pt"
-    )  # within any model's positions
+    # A text pair where the tokenizer knows segments (BERT: token_type_ids 0 and 1), short enough for any
+    # model's positions.
+    first, second = ["where does the quick brown fox jump?"], ["the fox jumps over the dog."]
+    pair = "token_type_ids" in tokenizer.model_input_names and not model.config.is_encoder_decoder
+    batch = tokenizer(first, second if pair else None, truncation=True, max_length=24, return_tensors="pt")
     if model.config.is_encoder_decoder:
         start = model.config.decoder_start_token_id or 0
         decoder = batch["input_ids"][:, :-1].clone()

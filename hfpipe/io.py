@@ -279,7 +279,8 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
             "",
             f'record = json.load(open("{name}/base_model.json"))',
             'config = transformers.CONFIG_MAPPING[record["model_type"]].from_dict(record["config"])',
-            f'base = {task.auto_model}.from_pretrained(record["name_or_path"], config=config)',
+            f'base = {task.auto_model}.from_pretrained(record["name_or_path"], config=config, '
+            "ignore_mismatched_sizes=True)",
             f'model = PeftModel.from_pretrained(base, "{name}")',
             "```",
             "",
