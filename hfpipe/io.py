@@ -229,7 +229,9 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
         f"library_name: {'peft' if adapter else 'transformers'}",
         f"pipeline_tag: {task.pipeline_tag}",
     ]
-    if recipe.model.name_or_path:
+    if (
+        recipe.model.name_or_path and not Path(recipe.model.name_or_path).exists()
+    ):  # a Hub id, not a local path
         front.append(f"base_model: {recipe.model.name_or_path}")
     front += ["tags:", "- hfpipe", f"- {task.name}"]
     if recipe.peft is not None:

@@ -334,3 +334,18 @@ def test_a_missing_base_model_is_named(tiny_run, tmp_path, cli):
     shutil.rmtree(base)
     result = cli("predict", run, "--text", "fine")
     assert result.exit_code == 5 and str(base) in result.output and "base model" in result.output
+
+
+def test_the_best_adapter_is_the_one_kept(tiny_run, tmp_path):
+    from safetensors.torch import load_file
+
+    # "Best" = the highest validation loss: an early evaluation, so the final model must be reloaded.
+    best = ["train.eval_every=8", "train.metric_for_best=loss", "train.greater_is_better=true"]
+    run = train(adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, *best, "train.epochs=1"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_step"] < metrics["train"]["steps"]
+    kept = load_file(str(run / "adapter_model.safetensors"))
+    saved = load_file(str(run / "checkpoints" / "best" / "adapter_model.safetensors"))
+    assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
+    again = evaluate_run(run, split="validation")
+    assert abs(again["loss"] - metrics["validation"]["loss"]) < 1e-5
