@@ -44,6 +44,15 @@ IA3_TARGETS = {  # (target_modules, feedforward_modules)
 }
 
 
+# The modules PEFT's task classes train in full by themselves (peft.PeftModelFor*: classifier_module_names,
+# qa_module_names).
+HEADS = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
+}
+
+
 def is_adapter_run(run_dir) -> bool:
     return (Path(run_dir) / ADAPTER_CONFIG).is_file()
 
@@ -122,10 +131,17 @@ def peft_config(model, recipe, task, new_modules: list[str] = ()):
     spec = recipe.peft
     if spec.modules_to_save:
         _check_names(model, spec.modules_to_save, "peft.modules_to_save")
-    to_save = [
-        *(spec.modules_to_save or ()),
-        *(m for m in new_modules if m not in (spec.modules_to_save or ())),
+    # PEFT trains the task head in full by itself (HEADS); a new module inside it (RoBERTa's
+    # classifier.dense) must not be wrapped twice.
+    given = list(spec.modules_to_save or ())
+    covered = set(given) | set(HEADS.get(task.peft_task_type, ()))
+    parts = lambda m: m.split(".")  # noqa: E731
+    new = [
+        m
+        for m in new_modules
+        if not any(_matches(".".join(parts(m)[:i]), c) for c in covered for i in range(1, len(parts(m)) + 1))
     ]
+    to_save = [*given, *(m for m in new if m not in given)]
     common = {
         "task_type": task.peft_task_type,
         "modules_to_save": to_save or None,
@@ -139,11 +155,14 @@ def peft_config(model, recipe, task, new_modules: list[str] = ()):
                 key="peft.method",
             )
         return peft.PrefixTuningConfig(num_virtual_tokens=spec.num_virtual_tokens, **common)
-    targets, feedforward = (
-        (list(spec.target_modules), list(spec.feedforward_modules or []))
-        if spec.target_modules
-        else _defaults(model, spec.method)
-    )
+    if spec.target_modules:
+        targets = list(spec.target_modules)
+        feedforward = list(spec.feedforward_modules or [])
+        if spec.method == "ia3" and spec.feedforward_modules is None:  # the defaults' feed-forward names
+            known = IA3_TARGETS.get(model.config.model_type, ((), ()))[1]
+            feedforward = [t for t in targets if t in known]
+    else:
+        targets, feedforward = _defaults(model, spec.method)
     _check_names(model, targets, "peft.target_modules")
     if spec.method == "lora":
         return peft.LoraConfig(
@@ -213,6 +232,14 @@ def _pass_every_input(model):
     return model
 
 
+def reserved_positions(model) -> int:
+    """Positions a prefix-tuning adapter takes before the text of a decoder-only model (0 otherwise)."""
+    if not is_peft_model(model) or model.config.is_encoder_decoder:
+        return 0
+    config = model.active_peft_config
+    return config.num_virtual_tokens if config.is_prompt_learning else 0
+
+
 def parameter_counts(model) -> dict:
     """{"total", "trainable", "trainable_fraction"} of a model (wrapped or not)."""
     if is_peft_model(model):
@@ -258,7 +285,12 @@ def register_checkpoint_hooks(accelerator) -> None:
                 raise RunError(
                     f"checkpoint lacks trainable weights {missing[:3]} of this model", file=str(path)
                 )
-            model.load_state_dict(state, strict=False)
+            try:
+                model.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # a base of another shape than the one the run started with
+                raise RunError(
+                    f"checkpoint does not fit the model: {_first_line(exc)}", file=str(path)
+                ) from None
             models.remove(model)  # loaded: Accelerate must not load it again, strictly
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -277,28 +309,60 @@ def load_saved_adapter(model, directory) -> None:
 # The run directory
 
 
-def _weights_digest(folder: Path) -> dict[str, str]:
+def _weights(folder: Path) -> dict[str, dict]:
+    """{file: {sha256, size, mtime_ns}} of a local model's safetensors files."""
     import hashlib
 
     out = {}
     for path in sorted(folder.glob("*.safetensors")):
         with open(path, "rb") as f:
-            out[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        stat = path.stat()
+        out[path.name] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return out
 
 
+def base_changed(record: dict, base: str) -> bool:
+    """True when a local base's weights differ from those recorded. Files of the recorded size and time
+    are taken as unchanged (hashing a multi-GB base at every command would cost seconds)."""
+    expected = record.get("weights")
+    folder = Path(base)
+    if not expected or not folder.is_dir():
+        return False
+    files = sorted(folder.glob("*.safetensors"))
+    if [p.name for p in files] != sorted(expected):
+        return True
+    stale = [
+        p
+        for p in files
+        if (p.stat().st_size, p.stat().st_mtime_ns)
+        != (expected[p.name]["size"], expected[p.name]["mtime_ns"])
+    ]
+    if not stale:
+        return False
+    current = _weights(folder)
+    return any(current[p.name]["sha256"] != expected[p.name]["sha256"] for p in stale)
+
+
 def base_record(model, recipe) -> dict:
-    """base_model.json: which base the adapter needs, and the config it was loaded with."""
+    """base_model.json: which base the adapter needs, the config it was loaded with, and (local) the
+    sha256 of its weights / (Hub) the commit it came from."""
     name = recipe.model.name_or_path
+    inner = model.get_base_model() if is_peft_model(model) else model
     record = {
         "name_or_path": name,
         "revision": recipe.model.revision,
-        "model_type": model.config.model_type,
-        "config": model.get_base_model().config.to_dict(),
+        "commit": getattr(inner.config, "_commit_hash", None),
+        "model_type": inner.config.model_type,
+        "config": inner.config.to_dict(),
     }
     if Path(name).is_dir():
-        record["weights_sha256"] = _weights_digest(Path(name))
+        record["weights"] = _weights(Path(name))
     return record
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def load_adapter_run(run_dir, task, recipe):
@@ -318,11 +382,10 @@ def load_adapter_run(run_dir, task, recipe):
     if not base:
         raise RunError(f"{ADAPTER_CONFIG} names no base model (base_model_name_or_path)", file=str(run_dir))
     config = None
-    if record.get("config"):
-        conf = record["config"]
+    conf = record.get("config") or {}
+    if conf.get("model_type") in transformers.CONFIG_MAPPING:  # else (remote code): the base's own config
         config = transformers.CONFIG_MAPPING[conf["model_type"]].from_dict(conf)
-    expected = record.get("weights_sha256")
-    if expected and Path(base).is_dir() and _weights_digest(Path(base)) != expected:
+    if base_changed(record, base):
         log.warning(
             "the base model %s has changed since this adapter was trained on it (its weights' sha256 "
             "differ): outputs will not be those the run measured",
@@ -332,22 +395,29 @@ def load_adapter_run(run_dir, task, recipe):
         model = auto_class(task).from_pretrained(
             base,
             config=config,
-            revision=adapter.get("revision"),
+            # the Hub commit of training, when the recipe named no revision
+            revision=adapter.get("revision") or (record.get("commit") if not Path(base).is_dir() else None),
+            trust_remote_code=recipe.model.trust_remote_code,
             ignore_mismatched_sizes=True,  # a new head (other labels): its trained weights are the adapter's
             use_safetensors=None if recipe.model.allow_pickle_weights else True,
         )
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise RunError(
             f"this adapter needs its base model {base!r} ({ADAPTER_CONFIG} base_model_name_or_path), which "
-            f"does not load: {first}",
+            f"does not load: {_first_line(exc)}",
             file=str(run_dir),
         ) from None
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        model = PeftModel.from_pretrained(model, str(run_dir))
+        try:
+            model = PeftModel.from_pretrained(model, str(run_dir))
+        except (RuntimeError, ValueError, KeyError) as exc:  # e.g. a size mismatch with a changed base
+            raise RunError(
+                f"the adapter does not fit its base model {base!r}: {' '.join(_first_line(exc).split())}",
+                file=str(run_dir),
+            ) from None
     _pass_every_input(model)
     model.eval()
     return model
@@ -368,13 +438,19 @@ def probe_inputs(model, tokenizer):
     return {k: v.to(model.device) for k, v in batch.items()}
 
 
-def max_output_difference(a, b) -> float:
-    """Largest absolute difference between the tensors two model outputs share (logits, start / end)."""
+def max_output_difference(a, b, absolute: bool = False) -> float:
+    """Largest absolute difference between the tensors two model outputs share (logits, start / end);
+    `absolute`: the largest magnitude in `a` instead."""
     import torch
 
     worst = 0.0
     for key, value in a.items():
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            continue
+        if absolute:
+            worst = max(worst, value.float().abs().max().item())
+            continue
         other = b.get(key) if hasattr(b, "get") else None
-        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) and value.is_floating_point():
+        if isinstance(other, torch.Tensor):
             worst = max(worst, (value.float() - other.float()).abs().max().item())
     return worst

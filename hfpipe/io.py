@@ -213,6 +213,7 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
 
     adapter = recipe.peft is not None and merged_from is None
     params = metrics.get("parameters") or {}
+    adapter_params = metrics.get("adapter_parameters") or params
     model = recipe.model.name_or_path or f"{recipe.model.architecture} built from config"
     data = recipe.data
     if data.builtin:
@@ -251,8 +252,8 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
     ]
     if recipe.peft is not None:
         lines.append(
-            f"- **Adapter:** {recipe.peft.method}, {params.get('trainable', 0):,} trainable parameters "
-            f"({100 * params.get('trainable_fraction', 0):.2f}%)"
+            f"- **Adapter:** {recipe.peft.method}, {adapter_params.get('trainable', 0):,} trainable parameters "
+            f"({100 * adapter_params.get('trainable_fraction', 0):.2f}%)"
             + (f"; merged into the base by `hfpipe merge` from `{merged_from}`" if merged_from else "")
         )
     lines += [
@@ -284,6 +285,11 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
             f'base = {task.auto_model}.from_pretrained(record["name_or_path"], config=config, '
             "ignore_mismatched_sizes=True)",
             f'model = PeftModel.from_pretrained(base, "{name}")',
+            *(
+                ["model.forward = model.base_model.forward  # PEFT 0.21's QA class drops token_type_ids"]
+                if task.peft_task_type == "QUESTION_ANS"
+                else []
+            ),
             "```",
             "",
             f"hfpipe commands take the directory as it is; `hfpipe merge {name} OUT` writes a standalone model.",

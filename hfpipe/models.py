@@ -101,6 +101,14 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
         log.info("built %s from config: %s parameters", arch.model_type, f"{model.num_parameters():,}")
         return model
+    from hfpipe.adapters import is_adapter_run
+
+    if is_adapter_run(spec.name_or_path):
+        raise RecipeError(
+            f"{spec.name_or_path} is an adapter run (no full model): `hfpipe merge` it and start from the merged "
+            "directory",
+            key="model.name_or_path",
+        )
     try:
         config = transformers.AutoConfig.from_pretrained(
             spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code

@@ -150,15 +150,16 @@ def test_lora_on_every_head(task, request, tmp_path, monkeypatch):
         base, config=inner.config, ignore_mismatched_sizes=True
     )
     reference = fresh.state_dict()
-    adapted = 0
+    adapted = compared = 0
     for name, param in inner.named_parameters():
         if any(part in name for part in ("lora_", "modules_to_save", "original_module")):
             adapted += "lora_B" in name and bool(param.abs().sum() > 0)  # B starts at 0: it moved
             continue
         plain = name.replace(".base_layer", "")
         if plain in reference:
+            compared += 1
             assert torch.equal(param.detach().cpu(), reference[plain]), name
-    assert adapted > 0
+    assert adapted > 0 and compared > 10
     params = metrics["parameters"]
     assert 0 < params["trainable"] < params["total"] / 5
 
@@ -258,8 +259,13 @@ def test_ia3_and_prefix_tuning(tiny_run, clm_run, tmp_path, cli):
     ia3 = train(
         adapter_recipe("quickstart.yaml", TINY, tiny_run, tmp_path, "~peft.r", "peft.method=ia3", out="ia3")
     )
+    from safetensors.torch import load_file
+
     config = json.loads((ia3 / "adapter_config.json").read_text())
     assert config["peft_type"] == "IA3" and set(config["target_modules"]) == {"key", "value", "output.dense"}
+    assert config["feedforward_modules"] == ["output.dense"]
+    scales = {k: v for k, v in load_file(str(ia3 / "adapter_model.safetensors")).items() if "ia3_l" in k}
+    assert scales and any((v - 1).abs().max() > 1e-3 for v in scales.values())  # they moved from 1
     _, difference = merge_run(ia3, tmp_path / "ia3-merged")
     assert difference <= 1e-5
 
@@ -305,7 +311,7 @@ def test_adapter_checkpoints_hold_only_trained_weights_and_resume_exactly(tiny_r
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
-def test_recipe_errors(tiny_run, tmp_path, cli):
+def test_recipe_errors(tiny_run, clm_run, tmp_path, cli):
     with pytest.raises(RecipeError, match="pretrained model") as err:
         load_recipe(RECIPES / "quickstart.yaml", ["peft.method=lora", f"output_dir={tmp_path / 'x'}"])
     assert err.value.key == "peft"
@@ -321,6 +327,29 @@ def test_recipe_errors(tiny_run, tmp_path, cli):
     )
     with pytest.raises(RecipeError, match="prefix-tuning needs a decoder"):
         train(prefix)
+    with pytest.raises(RecipeError, match="give peft.target_modules too"):
+        adapter_recipe(
+            "quickstart.yaml",
+            TINY,
+            tiny_run,
+            tmp_path,
+            "~peft.r",
+            "peft.method=ia3",
+            "peft.feedforward_modules=[x]",
+        )
+    with pytest.raises(RecipeError, match="left after the prefix-tuning virtual tokens"):
+        train(
+            adapter_recipe(
+                "gpt2-generation.yaml",
+                TINY_GEN,
+                clm_run,
+                tmp_path,
+                "~peft.r",
+                "peft.method=prefix-tuning",
+                "peft.num_virtual_tokens=8",
+                "data.max_length=30",  # 30 + 8 > the base's 32 positions
+            )
+        )
     result = cli("merge", tiny_run, tmp_path / "m")
     assert result.exit_code != 0 and "not an adapter run" in result.output
 
@@ -349,3 +378,36 @@ def test_the_best_adapter_is_the_one_kept(tiny_run, tmp_path):
     assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
     again = evaluate_run(run, split="validation")
     assert abs(again["loss"] - metrics["validation"]["loss"]) < 1e-5
+
+
+def test_adapter_runs_as_bases_merged_recipes_and_changed_bases(tiny_run, tmp_path, cli):
+    import os
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run, base)
+    common = ["data.builtin.train_size=128", "train.save_every=epoch", "train.epochs=1"]
+    run = train(adapter_recipe("quickstart.yaml", TINY, base, tmp_path, *common))
+
+    # An adapter run is no base model: merge it first.
+    with pytest.raises(RecipeError, match="is an adapter run .*hfpipe merge") as err:
+        train(adapter_recipe("quickstart.yaml", TINY, run, tmp_path, out="on-adapter"))
+    assert err.value.key == "model.name_or_path"
+
+    # The merged directory's recipe points at the merged directory, not at the adapter run.
+    merged, _ = merge_run(run, tmp_path / "merged")
+    assert load_recipe(merged / "recipe.yaml").output_dir == str(merged.resolve())
+    assert json.loads((merged / "metrics.json").read_text())["parameters"]["trainable_fraction"] == 1.0
+
+    # Resuming on a base whose weights changed is refused; loading it warns.
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(0, 0))
+    longer = adapter_recipe("quickstart.yaml", TINY, base, tmp_path, *common[:2], "train.epochs=2")
+    with pytest.raises(RecipeError, match="base model's weights changed") as err:
+        train(longer, resume=True)
+    assert err.value.key == "model.name_or_path"
+    result = cli("predict", run, "--text", "fine")
+    assert result.exit_code == 0 and "has changed since this adapter was trained" in result.output

@@ -423,8 +423,8 @@ class Peft(Section):
     )
     feedforward_modules: list[str] | None = Field(
         None,
-        description="ia3: which of target_modules are feed-forward layers (scaled at their input). None: the "
-        "architecture's own.",
+        description="ia3: which of target_modules are feed-forward layers (scaled at their input). None: those "
+        "of target_modules that are feed-forward in the architecture's defaults.",
     )
     bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="lora: biases that train too: none, all, or those of the adapted layers."
@@ -456,9 +456,11 @@ class Peft(Section):
             value = getattr(self, name)
             if value is not None and (not value or any(not m.strip() for m in value)):
                 raise ValueError(f"@peft.{name}: give module names (or leave it out for the defaults)")
-        extra = set(self.feedforward_modules or ()) - set(
-            self.target_modules or self.feedforward_modules or ()
-        )
+        if self.feedforward_modules and not self.target_modules:
+            raise ValueError(
+                "@peft.feedforward_modules: give peft.target_modules too (they must include these)"
+            )
+        extra = set(self.feedforward_modules or ()) - set(self.target_modules or ())
         if extra:
             raise ValueError(
                 f"@peft.feedforward_modules: {', '.join(sorted(extra))} not in peft.target_modules"

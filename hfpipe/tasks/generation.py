@@ -211,7 +211,9 @@ def generate_ids(
     limit = getattr(model.config, "n_positions", None) or getattr(
         model.config, "max_position_embeddings", None
     )
-    room = (limit - kwargs["max_new_tokens"]) if limit else None
+    from hfpipe.adapters import reserved_positions
+
+    room = (limit - reserved_positions(model) - kwargs["max_new_tokens"]) if limit else None
     if room is not None and room < 1:
         raise DataError(
             f"max_new_tokens={kwargs['max_new_tokens']} leaves no room in the model's {limit} positions"
