@@ -252,6 +252,92 @@ def answer(
         _emit([json.dumps({**r, **p}, ensure_ascii=False) for r, p in zip(rows, preds, strict=True)], output)
 
 
+def fewshot(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Score only the first N examples of each task.")
+    ] = None,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-under",
+            help="[TASK.]METRIC[@K]=VALUE (repeatable): exit 5 when the mean over seeds is below VALUE, e.g. "
+            "acc=0.6, piqa.acc_norm@5=0.55.",
+        ),
+    ] = None,
+) -> None:
+    """Few-shot evaluation of the recipe's model: k-shot prompts, option log-likelihoods or generation;
+    a table on the console and OUTPUT_DIR/results.json."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides or [])
+        gates = [_gate(g) for g in fail_under or []]
+        if loaded.task != "fewshot":
+            from hfpipe.errors import RecipeError
+
+            raise RecipeError(
+                "not a few-shot recipe: set task: fewshot and a fewshot section", file=str(recipe)
+            )
+        from hfpipe.api import _quiet_libraries
+        from hfpipe.fewshot import run
+
+        _quiet_libraries()
+        results = run(loaded, limit=limit)
+        rows = []
+        for name, entry in results["tasks"].items():
+            for k, metrics in entry["summary"].items():
+                for metric, s in metrics.items():
+                    spread = f" ± {s['std']:.4f}" if s["n"] > 1 else ""
+                    rows.append((name, k, metric, f"{s['mean']:.4f}{spread}", str(s["n"])))
+        typer.echo(table(rows, ("task", "k", "metric", "value", "seeds")))
+        typer.echo(f"results: {Path(loaded.output_dir) / 'results.json'}")
+        failed = _failed_gates(results, gates)
+        for line in failed:
+            typer.echo(f"fail-under: {line}", err=True)
+        if failed:
+            raise typer.Exit(5)
+
+
+def _gate(text: str) -> tuple[str | None, str, int | None, float]:
+    """[TASK.]METRIC[@K]=VALUE -> (task, metric, k, value)."""
+    from hfpipe.errors import RecipeError
+
+    key, sep, value = text.partition("=")
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise RecipeError(f"--fail-under {text!r}: expected [TASK.]METRIC[@K]=NUMBER") from None
+    if not sep or not key:
+        raise RecipeError(f"--fail-under {text!r}: expected [TASK.]METRIC[@K]=NUMBER")
+    key, at, k = key.partition("@")
+    task, dot, metric = key.rpartition(".")
+    return (task if dot else None), metric, (int(k) if at and k.isdigit() else None), threshold
+
+
+def _failed_gates(results: dict, gates) -> list[str]:
+    from hfpipe.errors import RecipeError
+
+    failed = []
+    for task, metric, k, threshold in gates:
+        checked = 0
+        for name, entry in results["tasks"].items():
+            if task is not None and name != task:
+                continue
+            for shots, metrics in entry["summary"].items():
+                if (k is not None and int(shots) != k) or metric not in metrics:
+                    continue
+                checked += 1
+                mean = metrics[metric]["mean"]
+                if mean < threshold:
+                    failed.append(f"{name} {metric} at k={shots}: {mean:.4f} < {threshold}")
+        if not checked:
+            raise RecipeError(f"--fail-under: no result {'.'.join(filter(None, [task, metric]))} to check")
+    return failed
+
+
 def merge(
     run_dir: RunDirArg,
     out_dir: Annotated[Path, typer.Argument(help="Directory for the merged model.", show_default=False)],
@@ -287,3 +373,4 @@ def register(app: typer.Typer) -> None:
     app.command()(translate)
     app.command()(answer)
     app.command()(merge)
+    app.command()(fewshot)

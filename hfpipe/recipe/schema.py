@@ -468,14 +468,109 @@ class Peft(Section):
         return self
 
 
+class FewshotTask(Section):
+    """One few-shot task: its data, how a prompt is written, what is scored and how."""
+
+    name: str = Field(description="Name in the results, e.g. `piqa`.")
+    data: Data = Field(description="Where the examples come from (files, a Hub dataset or a built-in set).")
+    split: Literal["train", "validation", "test"] = Field("test", description="The split that is scored.")
+    fewshot_split: Literal["train", "validation", "test"] = Field(
+        "train",
+        description="Where k-shot examples are drawn from (may be the scored split: the scored example is "
+        "never its own shot).",
+    )
+    mode: Literal["multiple_choice", "classification", "generate", "loglikelihood_rolling"] = Field(
+        description="multiple_choice / classification: score each option by its summed log-likelihood after "
+        "the prompt (acc, acc_norm); generate: generate and compare with the target; loglikelihood_rolling: "
+        "perplexity of a text.",
+    )
+    prompt: str = Field(
+        "{text}",
+        description='Python format string over the columns, e.g. "Question: {goal}\nAnswer:". Masked LMs '
+        "(classification by cloze) need {mask} where the verbalizer goes.",
+    )
+    target: str | None = Field(
+        None,
+        description="generate: format string of the expected text (also the answer shown in k-shot examples).",
+    )
+    choices: list[str] | str | None = Field(
+        None,
+        description='multiple_choice: format strings of the options, e.g. ["{sol1}", "{sol2}"], or the name of '
+        "a column holding a list of options.",
+    )
+    label: str = Field(
+        "label",
+        description="Column of the answer: an option index (multiple_choice) or a class name (classification).",
+    )
+    verbalizer: dict[str, str] | None = Field(
+        None, description="classification: the word for each class (default: the class name itself)."
+    )
+    target_delimiter: str = Field(" ", description="Put between the prompt and an option / target.")
+    fewshot_delimiter: str = Field("\n\n", description="Put between k-shot examples and before the question.")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n\n"], description="generate: generation stops at any of these strings."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="generate: at most this many new tokens.")
+    num_beams: int = Field(1, ge=1, description="generate: 1 is greedy.")
+    text: str = Field("text", description="loglikelihood_rolling: column with the text.")
+
+    @field_validator("prompt", "target")
+    @classmethod
+    def _format_string(cls, value):
+        if value is None:
+            return value
+        Template._parses(value)
+        return value
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> FewshotTask:
+        if self.mode == "multiple_choice" and not self.choices:
+            raise ValueError("@choices: multiple_choice needs the options (format strings or a list column)")
+        if self.mode == "generate" and not self.target:
+            raise ValueError("@target: generate needs the expected text (a format string)")
+        if self.mode != "multiple_choice" and self.choices:
+            raise ValueError(f"@choices: options are for multiple_choice, not {self.mode}")
+        return self
+
+
+class Fewshot(Section):
+    """Few-shot evaluation (`hfpipe fewshot`): tasks, shots and seeds."""
+
+    tasks: list[FewshotTask] = Field(min_length=1, description="The tasks to evaluate.")
+    k: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], description="Numbers of examples in the prompt, e.g. [0, 1, 5]."
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [1234], description="Seeds of the k-shot draws; several give mean ± std."
+    )
+    sampler: Literal["per_example", "harness"] = Field(
+        "per_example",
+        description="per_example: k examples drawn for each scored example from its own seed; harness: "
+        "lm-evaluation-harness's draw (one random stream per task, in data order), so prompts equal the "
+        "harness's for the same seed.",
+    )
+    batch_size: int = Field(16, ge=1, description="Requests per forward pass.")
+    limit: int | None = Field(None, ge=1, description="Score only the first N examples of each task.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Longest input in tokens (default: the model's positions); longer keep their end.",
+    )
+
+
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
-    task: str = Field(description="Task head, e.g. `classification` (see `hfpipe tasks`).")
+    task: str = Field(
+        description="Task head, e.g. `classification` (see `hfpipe tasks`), or `fewshot` for a few-shot "
+        "evaluation recipe (`hfpipe fewshot`)."
+    )
     description: str | None = Field(None, description="One line saying what this recipe is for.")
     model: Model = Field(description="The model to fine-tune or build.")
     tokenizer: Tokenizer = Field(default_factory=Tokenizer, description="The tokenizer to load or train.")
-    data: Data = Field(description="The examples.")
+    data: Data | None = Field(
+        None, description="The examples (required to train; few-shot tasks have their own)."
+    )
     train: Train = Field(default_factory=Train, description="The training loop's settings.")
     generation: Generation = Field(default_factory=Generation, description="Text generation settings.")
     qa: QuestionAnswering = Field(
@@ -486,6 +581,7 @@ class Recipe(Section):
         description="Train an adapter (LoRA, IA3, prefix-tuning) on a frozen pretrained model instead of all "
         "its weights; the run directory holds the adapter and names the base model.",
     )
+    fewshot: Fewshot | None = Field(None, description="Few-shot evaluation: tasks, k, seeds (task: fewshot).")
     output_dir: str = Field(
         description="Run directory: a Hugging Face model directory plus recipe, metrics and card.",
         json_schema_extra=PATH,
@@ -501,18 +597,33 @@ class Recipe(Section):
         from hfpipe.tasks import task_names
 
         names = task_names()
-        if name not in names:
+        if name not in names and name != "fewshot":
             from hfpipe.errors import did_you_mean
 
             raise ValueError(f"unknown task {name!r}{did_you_mean(name, names)} (known: {', '.join(names)})")
         return name
 
     @model_validator(mode="after")
+    def _sections_of_the_task(self) -> Recipe:
+        if self.task == "fewshot":
+            if self.fewshot is None:
+                raise ValueError("@fewshot: task fewshot needs a fewshot section (tasks, k, seeds)")
+            if self.model.architecture:
+                raise ValueError(
+                    "@model: a few-shot evaluation needs a trained model: give model.name_or_path"
+                )
+        elif self.data is None:
+            raise ValueError("@data: required key is missing (the examples to train on)")
+        return self
+
+    @model_validator(mode="after")
     def _qa_windows(self) -> Recipe:
         # [CLS] question [SEP] context [SEP]: a window must hold the longest question and more context
         # than it shares with the next window, or the windows never advance.
+        if self.task != "question-answering" or self.data is None:
+            return self
         room = self.data.max_length - self.qa.max_question_length - 3
-        if self.task == "question-answering" and room <= self.qa.doc_stride:
+        if room <= self.qa.doc_stride:
             raise ValueError(
                 f"@qa.doc_stride: {self.qa.doc_stride} must be less than data.max_length ({self.data.max_length}) "
                 f"- qa.max_question_length ({self.qa.max_question_length}) - 3 special tokens = {room}: each "

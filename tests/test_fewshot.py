@@ -1,0 +1,199 @@
+"""Few-shot evaluation: prompts, exact log-likelihoods (batched = one at a time), metrics, the CLI gate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import RECIPES
+
+from hfpipe.fewshot import Prompts, _choice_metrics, load_splits, scoring
+from hfpipe.recipe import load_recipe
+
+
+def fewshot_recipe(tmp_path, base, *overrides, name="fewshot-gpt2-sentiment.yaml"):
+    return load_recipe(
+        RECIPES / name, [f"model.name_or_path={base}", *overrides, f"output_dir={tmp_path / 'fewshot'}"]
+    )
+
+
+def direct_loglikelihood(model, context: list[int], continuation: list[int], max_length: int = 32) -> float:
+    """log p(continuation | context) from one plain forward pass of this request alone (a context too long
+    for the model loses its beginning)."""
+    context = context[max(0, len(context) + len(continuation) - max_length - 1) :]
+    ids = torch.tensor([(context + continuation)[:-1]])  # the last token is only predicted
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(logprobs[len(context) - 1 + i, t].item() for i, t in enumerate(continuation))
+
+
+def test_continuations_take_the_context_s_trailing_space(clm_run):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(clm_run)
+    assert scoring.encode_pair(tok, "Review: fine. Sentiment: ", "positive") == scoring.encode_pair(
+        tok, "Review: fine. Sentiment:", " positive"
+    )
+    ctx, cont = scoring.encode_pair(tok, "Review: fine. Sentiment:", " positive")
+    assert ctx + cont == tok("Review: fine. Sentiment: positive", add_special_tokens=False)["input_ids"]
+
+
+def test_batched_loglikelihoods_equal_one_at_a_time(clm_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(clm_run)
+    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+    texts = [
+        ("The cast was", " superb."),
+        ("What a boring film! Sentiment:", " negative"),
+        ("The plot was dull, the music", " moving."),
+        ("A", " b"),
+        ("It was long, but", " clever."),
+    ]
+    requests = [scoring.encode_pair(tok, c, x) for c, x in texts]
+    assert all(len(c) + len(x) <= 32 for c, x in requests)  # within the model's positions
+    direct = [direct_loglikelihood(model, c, x) for c, x in requests]
+    for batch_size in (1, 2, 5):
+        for side in ("right", "left"):
+            got = scoring.causal_loglikelihoods(model, requests, batch_size, 32, padding_side=side)
+            assert [abs(g[0] - d) < 1e-5 for g, d in zip(got, direct, strict=True)] == [True] * len(direct), (
+                batch_size,
+                side,
+            )
+    # A request longer than the model keeps its end (max_length + 1 tokens, the last one predicted).
+    long = (list(range(5, 45)), [7, 8])
+    ((score, _),) = scoring.causal_loglikelihoods(model, [long], 1, 16)
+    assert abs(score - direct_loglikelihood(model, long[0][-15:], long[1])) < 1e-5
+
+
+def test_prompts_draw_k_others_deterministically(tmp_path, clm_run):
+    recipe = fewshot_recipe(tmp_path, clm_run)
+    task = recipe.fewshot.tasks[0]
+    splits = load_splits(task.data, "test")
+    docs = splits["test"][:20]
+    for same_split, pool in ((False, splits["train"]), (True, docs)):
+        prompts = Prompts(task, docs, pool, same_split, "test")
+        for sampler in ("per_example", "harness"):
+            first = prompts.draw(5, 1, sampler)
+            assert first == prompts.draw(5, 1, sampler)  # the seed decides
+            assert first != prompts.draw(5, 2, sampler)
+            for doc, shots in zip(docs, first, strict=True):
+                assert len(shots) == 5 and doc not in shots
+    prompts = Prompts(task, docs, splits["train"], False, "test")
+    context = prompts.contexts(2, 1, "per_example")[0]
+    shots = prompts.draw(2, 1, "per_example")[0]
+    assert context == (
+        f"Review: {shots[0]['text']}\nSentiment: {shots[0]['label']}\n\n"
+        f"Review: {shots[1]['text']}\nSentiment: {shots[1]['label']}\n\n"
+        f"Review: {docs[0]['text']}\nSentiment:"
+    )
+
+
+def test_acc_and_length_normalised_acc():
+    scores = [[-4.0, -6.0], [-10.0, -9.0], [-3.0, -8.0]]
+    options = [["ab", "abcdefgh"], ["abc", "a"], ["a", "abcdefghij"]]
+    # acc: argmax of the sums (0, 1, 0); acc_norm: of sum / characters (-2 vs -0.75 -> 1; -3.3 vs -9 -> 0;
+    # -3 vs -0.8 -> 1)
+    assert _choice_metrics(scores, options, [0, 1, 1]) == {"acc": 2 / 3, "acc_norm": 1 / 3}
+
+
+def test_option_scores_are_the_direct_computation(tmp_path, clm_run):
+    from hfpipe.fewshot import open_model, score_choices
+
+    recipe = fewshot_recipe(tmp_path, clm_run, "fewshot.k=[1]", "fewshot.seeds=[1]", "fewshot.limit=6")
+    task = recipe.fewshot.tasks[0]
+    splits = load_splits(task.data, "test")
+    model, tok, kind = open_model(str(clm_run), recipe)
+    assert kind == "causal"
+    prompts = Prompts(task, splits["test"][:6], splits["train"], False, "test")
+    contexts = prompts.contexts(1, 1, "per_example")
+    metrics, n = score_choices(model, tok, kind, prompts, contexts, recipe.fewshot)
+    assert n == 12
+    right = 0
+    for context, doc in zip(contexts, prompts.docs, strict=True):
+        scores = [
+            direct_loglikelihood(model, *scoring.encode_pair(tok, context, " " + o))
+            for o in ("negative", "positive")
+        ]
+        right += ["negative", "positive"][scores.index(max(scores))] == doc["label"]
+    assert metrics["acc"] == right / 6
+
+
+def test_generation_stops_at_the_stop_strings(clm_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(clm_run)
+    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+    prompts = ["The cast was", "What a"]
+    free = scoring.generate(model, tok, prompts, [], {"max_new_tokens": 12}, 2)
+    stopped = scoring.generate(model, tok, prompts, [" "], {"max_new_tokens": 12}, 2)
+    for a, b in zip(free, stopped, strict=True):
+        assert " " not in b and b == a.split(" ")[0]
+
+
+def test_fewshot_cli_results_and_fail_under(tmp_path, clm_run, cli):
+    recipe = RECIPES / "fewshot-gpt2-sentiment.yaml"
+    args = [
+        "fewshot",
+        recipe,
+        f"model.name_or_path={clm_run}",
+        f"output_dir={tmp_path / 'out'}",
+        "--limit",
+        "8",
+    ]
+    args += ["fewshot.k=[0,2]", "fewshot.seeds=[1,2]"]
+    result = cli(*args, "--fail-under", "sentiment.acc=0")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    runs = results["tasks"]["sentiment"]["runs"]
+    assert [(r["k"], r["seed"]) for r in runs] == [(0, 1), (2, 1), (2, 2)]
+    assert (
+        all(len(r["prompts_sha256"]) == 16 for r in runs)
+        and runs[1]["prompts_sha256"] != runs[2]["prompts_sha256"]
+    )
+    assert set(results["tasks"]) == {"sentiment", "aspect", "perplexity"}
+    assert results["tasks"]["perplexity"]["runs"][0]["word_perplexity"] > 1
+    assert "sentiment" in result.output and "acc_norm" in result.output
+    failing = cli(*args, "--fail-under", "sentiment.acc@2=1.01")
+    assert failing.exit_code == 5 and "sentiment acc at k=2" in failing.output
+    bad = cli(*args, "--fail-under", "acc")
+    assert bad.exit_code == 2
+
+
+def test_masked_lm_cloze_scores_the_mask(tmp_path, tiny_run):
+    """PET-style: the option word's log-probability at the [MASK], one token per verbalizer."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from hfpipe.errors import RecipeError
+    from hfpipe.fewshot import score_choices
+
+    tok = AutoTokenizer.from_pretrained(tiny_run)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_run).eval()
+    words = [
+        w
+        for w in ("dull", "superb", "good", "bad", "the", "a")
+        if len(tok(w, add_special_tokens=False)["input_ids"]) == 1
+    ][:2]
+    assert len(words) == 2
+    ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    text = f"the film was long. it was {tok.mask_token}."
+    (got,) = scoring.cloze_logprobs(model, tok, [text], ids, 4, 64)
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0]
+    position = enc["input_ids"][0].tolist().index(tok.mask_token_id)
+    expected = torch.log_softmax(logits[position].float(), -1)[ids].tolist()
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5
+
+    recipe = fewshot_recipe(tmp_path, tiny_run, "fewshot.k=[1]", name="fewshot-bert-cloze.yaml")
+    task = recipe.fewshot.tasks[0].model_copy(
+        update={"verbalizer": {"negative": "unbelievably", "positive": words[1]}}
+    )
+    splits = load_splits(task.data, "test")
+    prompts = Prompts(task, splits["test"][:4], splits["train"], False, "test")
+    contexts = prompts.contexts(1, 1, "per_example", cloze=True)
+    assert contexts[0].count("\0") == 1 and "unbelievably" not in contexts[0].split("\0")[1]
+    if len(tok("unbelievably", add_special_tokens=False)["input_ids"]) > 1:
+        with pytest.raises(RecipeError, match="one-token verbalizers"):
+            score_choices(model, tok, "masked", prompts, contexts, recipe.fewshot)
