@@ -197,3 +197,25 @@ def test_masked_lm_cloze_scores_the_mask(tmp_path, tiny_run):
     if len(tok("unbelievably", add_special_tokens=False)["input_ids"]) > 1:
         with pytest.raises(RecipeError, match="one-token verbalizers"):
             score_choices(model, tok, "masked", prompts, contexts, recipe.fewshot)
+
+
+def test_shared_context_cache_gives_the_plain_scores(clm_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(clm_run)
+    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+    cases = [
+        ("The cast was", [" superb.", " dull and far too long.", " fine"]),
+        ("What a film! Sentiment:", [" negative", " positive"]),
+        ("It", [" was", " is not what"]),
+        ("Review: a long, long story that goes on and on. Sentiment:", [" negative", " positive"]),  # cut
+    ]
+    groups = []
+    for context, options in cases:
+        pairs = [scoring.encode_pair(tok, context, o) for o in options]
+        groups.append((pairs[0][0], [p[1] for p in pairs]))
+    for batch_size in (1, 3, 16):
+        got = scoring.causal_option_loglikelihoods(model, groups, batch_size, 24)
+        for (ctx, opts), scores in zip(groups, got, strict=True):
+            plain = scoring.causal_loglikelihoods(model, [(ctx, o) for o in opts], 1, 24)
+            assert all(abs(a[0] - b[0]) < 1e-5 and a[1] == b[1] for a, b in zip(scores, plain, strict=True))

@@ -269,7 +269,29 @@ def score_choices(
         for context, continuation in requests:
             ctx, cont = scoring.encode_pair(tokenizer, context, continuation)
             encoded.append((ctx or [prefix], cont))
-        flat = scoring.causal_loglikelihoods(model, encoded, spec.batch_size, max_length)
+        if spec.reuse_context:  # one pass of each context, its cache shared by the options
+            groups, at = [], 0
+            for opts in options:
+                chunk = encoded[at : at + len(opts)]
+                at += len(opts)
+                same = all(c[0] == chunk[0][0] for c in chunk)  # a space moved into one option only
+                groups.append((chunk[0][0], [c[1] for c in chunk]) if same else None)
+            grouped = scoring.causal_option_loglikelihoods(
+                model, [r for r in groups if r is not None], spec.batch_size, max_length
+            )
+            grouped_iter = iter(grouped)
+            flat = []
+            at = 0
+            for g, opts in enumerate(options):
+                if groups[g] is None:
+                    flat += scoring.causal_loglikelihoods(
+                        model, encoded[at : at + len(opts)], spec.batch_size, max_length
+                    )
+                else:
+                    flat += next(grouped_iter)
+                at += len(opts)
+        else:
+            flat = scoring.causal_loglikelihoods(model, encoded, spec.batch_size, max_length)
     scores, at = [], 0
     for opts in options:
         scores.append([flat[at + j][0] for j in range(len(opts))])

@@ -84,6 +84,107 @@ def causal_loglikelihoods(
     return out  # type: ignore[return-value]
 
 
+def causal_option_loglikelihoods(
+    model, groups: Sequence[tuple[list[int], list[list[int]]]], batch_size: int, max_length: int
+) -> list[list[tuple[float, bool]]]:
+    """Like causal_loglikelihoods for (context, [options]) groups, but each context runs once: its key /
+    value cache is copied for every option, which then runs only its own tokens. Contexts are left-padded
+    so that every cache ends in the same column; position ids skip the pad. Groups where an option would
+    cut the context (longer than max_length) take the plain path, which cuts per option as the harness does.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    out: list[list[tuple[float, bool]] | None] = [None] * len(groups)
+    fits = [
+        g
+        for g, (ctx, opts) in enumerate(groups)
+        if ctx and all(len(ctx) + len(o) <= max_length + 1 for o in opts)
+    ]
+    plain = [g for g in range(len(groups)) if g not in set(fits)]
+    if plain:
+        flat = [(groups[g][0], o) for g in plain for o in groups[g][1]]
+        scores = iter(causal_loglikelihoods(model, flat, batch_size, max_length))
+        for g in plain:
+            out[g] = [next(scores) for _ in groups[g][1]]
+    order = sorted(fits, key=lambda g: -len(groups[g][0]))
+    batches, current, rows = [], [], 0
+    for g in order:  # about batch_size option rows per batch, whole groups
+        if current and rows + len(groups[g][1]) > batch_size:
+            batches.append(current)
+            current, rows = [], 0
+        current.append(g)
+        rows += len(groups[g][1])
+    if current:
+        batches.append(current)
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            contexts = [groups[g][0] for g in batch]
+            width = max(map(len, contexts))
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, ctx in enumerate(contexts):
+                ids[r, width - len(ctx) :], mask[r, width - len(ctx) :] = torch.tensor(ctx), 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            first = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+            )
+            first_lp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's 1st token
+            owner = [r for r, g in enumerate(batch) for _ in groups[g][1]]
+            options = [o for g in batch for o in groups[g][1]]
+            steps = max(len(o) for o in options) - 1
+            rest_lp = None
+            if steps > 0:
+                cache = (
+                    first["cache"] if "cache" in first else first.past_key_values
+                )  # transformers 5.2x names
+                index = torch.tensor(owner, device=device)
+                cache.reorder_cache(index)  # one copy of its context's cache per option
+                tail = torch.zeros((len(options), steps), dtype=torch.long)
+                tail_mask = torch.zeros_like(tail)
+                for j, o in enumerate(options):
+                    tail[j, : len(o) - 1], tail_mask[j, : len(o) - 1] = torch.tensor(o[:-1]), 1
+                lengths = mask.sum(-1)[owner]
+                # pad after a short option gets position 0 (it may lie past the model's last position; no real
+                # token attends to it)
+                positions = (lengths[:, None] + torch.arange(steps)[None, :]) * tail_mask
+                second = model(
+                    input_ids=tail.to(device),
+                    attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(device),
+                    position_ids=positions.to(device),
+                    **{_cache_argument(model): cache},
+                    use_cache=True,
+                )
+                rest_lp = F.log_softmax(second.logits.float(), dim=-1)
+            at = 0
+            for r, g in enumerate(batch):
+                scores = []
+                for o in groups[g][1]:
+                    total = first_lp[r, o[0]].item()
+                    greedy = bool(first_lp[r].argmax().item() == o[0])
+                    if len(o) > 1:
+                        target = torch.tensor(o[1:], device=device)
+                        lp = rest_lp[at, : len(o) - 1]
+                        total += lp.gather(-1, target[:, None]).sum().item()
+                        greedy = greedy and bool((lp.argmax(-1) == target).all().item())
+                    scores.append((total, greedy))
+                    at += 1
+                out[g] = scores
+    return out  # type: ignore[return-value]
+
+
+def _cache_argument(model) -> str:
+    """`cache` (transformers >= 5.2x) or `past_key_values` (before): the forward argument of a KV cache."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def seq2seq_loglikelihoods(
     model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int, max_length: int
 ) -> list[tuple[float, bool]]:

@@ -550,6 +550,11 @@ class Fewshot(Section):
         "harness's for the same seed.",
     )
     batch_size: int = Field(16, ge=1, description="Requests per forward pass.")
+    reuse_context: bool = Field(
+        True,
+        description="Causal LMs: run each example's context once and share its key / value cache between the "
+        "options (same scores, less compute); false scores every (context, option) on its own.",
+    )
     limit: int | None = Field(None, ge=1, description="Score only the first N examples of each task.")
     max_length: int | None = Field(
         None,
