@@ -698,10 +698,137 @@ def bench_lora(steps: int = 300, batch_size: int = 32) -> dict:
     return out
 
 
+LM_EVAL = "lm_eval[hf]==0.4.13"
+
+
+def _lm_eval_venv() -> Path:
+    """A separate venv with lm-evaluation-harness (and the same CPU torch), made once."""
+    venv = ROOT / ".bench-venvs" / "lm-eval"
+    exe = venv / "bin" / "lm_eval"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)
+        subprocess.run([*pip, LM_EVAL], check=True)
+    return exe
+
+
+def bench_fewshot(limit: int = 500, shots: tuple[int, ...] = (0, 5)) -> dict:
+    """hfpipe fewshot against lm-evaluation-harness on PIQA (the same prompts, fewshot seed, examples and
+    model), k = 0 and 5: both accuracies and both wall times, one after the other in one run."""
+    piqa = SHARED / "fewshot" / "piqa"
+    if not (piqa / "valid.jsonl").exists():
+        return {"skipped": "needs ../shared/data/fewshot/piqa"}
+    # hfpipe's GPT-2 recipe with room for 5-shot PIQA prompts (1,024 positions; the bundled one has 64).
+    model_dir = Path("/tmp/hfpipe-bench-fewshot/gpt2")
+    exe = str(Path(sys.executable).parent / "hfpipe")
+    if not (model_dir / "config.json").exists():
+        overrides = ["model.config.n_positions=1024", "tokenizer.train.vocab_size=4000", "train.epochs=1"]
+        overrides += ["train.save_every=never", f"output_dir={model_dir}"]
+        subprocess.run(
+            [exe, "train", "recipes/gpt2-clm-pretrain.yaml", "--overwrite", *overrides], cwd=ROOT, check=True
+        )
+    work = Path("/tmp/hfpipe-bench-fewshot")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (piqa / "valid.jsonl").read_text().splitlines() if line.strip()]
+    labels = (piqa / "valid-labels.lst").read_text().split()
+    data = work / "piqa.jsonl"
+    data.write_text(
+        "".join(json.dumps({**r, "label": int(y)}) + "\n" for r, y in zip(rows, labels, strict=True))
+    )
+    prompt = "Question: {goal}\nAnswer:"
+    (work / "piqa_local.yaml").write_text(
+        "task: piqa_local\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    validation: {data}\n"
+        "validation_split: validation\ntest_split: validation\nfewshot_split: validation\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{goal}}\\nAnswer:"\n'
+        "doc_to_target: label\n"
+        'doc_to_choice: "{{[sol1, sol2]}}"\n'
+        'target_delimiter: " "\nfewshot_delimiter: "\\n\\n"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    recipe = work / "piqa.yaml"
+    recipe.write_text(
+        "task: fewshot\n"
+        "description: PIQA against lm-evaluation-harness\n"
+        f"model: {{name_or_path: {model_dir}}}\n"
+        "fewshot:\n  sampler: harness\n  seeds: [1234]\n  batch_size: 32\n  tasks:\n"
+        f"    - name: piqa\n      mode: multiple_choice\n      data: {{validation: {data}}}\n"
+        "      split: validation\n      fewshot_split: validation\n"
+        f"      prompt: {json.dumps(prompt)}\n"
+        '      choices: ["{sol1}", "{sol2}"]\n      label: label\n'
+        f"output_dir: {work / 'hfpipe-out'}\n"
+    )
+    harness = _lm_eval_venv()
+    out: dict = {
+        "data": f"PIQA validation, first {limit} of {len(rows)} questions; fewshot examples from the whole split",
+        "model": "hfpipe's GPT-2 of recipes/gpt2-clm-pretrain.yaml with 1,024 positions, 1 epoch (2 x 128)",
+        "harness": LM_EVAL,
+        "prompt": prompt,
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for k in shots:
+        started = time.perf_counter()
+        subprocess.run(
+            [exe, "fewshot", str(recipe), f"fewshot.k=[{k}]", "--limit", str(limit)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        ours_s = time.perf_counter() - started
+        ours = json.loads((work / "hfpipe-out" / "results.json").read_text())["tasks"]["piqa"]["runs"][0]
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                str(harness),
+                "--model",
+                "hf",
+                "--model_args",
+                f"pretrained={model_dir},dtype=float32",
+                "--tasks",
+                "piqa_local",
+                "--include_path",
+                str(work),
+                "--num_fewshot",
+                str(k),
+                "--batch_size",
+                "32",
+                "--device",
+                "cpu",
+                "--limit",
+                str(limit),
+                "--output_path",
+                str(work / "harness-out"),
+            ],
+            cwd=work,
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        theirs_s = time.perf_counter() - started
+        result = sorted((work / "harness-out").rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
+        theirs = json.loads(result.read_text())["results"]["piqa_local"]
+        out[f"k={k}"] = {
+            "hfpipe_acc": ours["acc"],
+            "hfpipe_acc_norm": ours["acc_norm"],
+            "harness_acc": theirs["acc,none"],
+            "harness_acc_norm": theirs["acc_norm,none"],
+            "acc_difference": abs(ours["acc"] - theirs["acc,none"]),
+            "hfpipe_wall_s": round(ours_s, 2),
+            "harness_wall_s": round(theirs_s, 2),
+            "speedup": round(theirs_s / ours_s, 2),
+            "hfpipe_requests_per_s": ours["requests_per_s"],
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--only", default="startup,throughput,padding,causal_lm,translation,qa,lora")
+    parser.add_argument("--only", default="startup,throughput,padding,causal_lm,translation,qa,lora,fewshot")
     args = parser.parse_args()
     out = Path(args.output)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -720,6 +847,7 @@ def main() -> None:
             "translation": bench_translation,
             "qa": bench_qa,
             "lora": bench_lora,
+            "fewshot": bench_fewshot,
         }[name]()
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     import torch

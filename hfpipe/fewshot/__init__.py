@@ -256,6 +256,14 @@ def score_choices(
         texts = [c.replace("\0", tokenizer.mask_token) for c in contexts]
         scores = scoring.cloze_logprobs(model, tokenizer, texts, ids, spec.batch_size, max_length)
         return _choice_metrics(scores, options, gold), len(texts)
+    if kind == "causal":  # an option longer than the model cannot be scored (the harness fails there too)
+        for n, opts in enumerate(options):
+            longest = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in opts)
+            if longest >= max_length:
+                raise DataError(
+                    f"example {n + 1}: an option of {longest} tokens does not fit the model's {max_length} positions",
+                    file=prompts.where,
+                )
     requests = [
         (c, prompts.task.target_delimiter + o)
         for c, opts in zip(contexts, options, strict=True)
