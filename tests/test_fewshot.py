@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import RECIPES
+from test_translation import t5_run  # noqa: F401  (its module fixture: a tiny T5 translation run)
 
 from hfpipe.fewshot import Prompts, _choice_metrics, load_splits, scoring
 from hfpipe.recipe import load_recipe
@@ -219,3 +220,23 @@ def test_shared_context_cache_gives_the_plain_scores(clm_run):
         for (ctx, opts), scores in zip(groups, got, strict=True):
             plain = scoring.causal_loglikelihoods(model, [(ctx, o) for o in opts], 1, 24)
             assert all(abs(a[0] - b[0]) < 1e-5 and a[1] == b[1] for a, b in zip(scores, plain, strict=True))
+
+
+def test_encoder_decoder_scores_the_option_as_the_target(t5_run):  # noqa: F811
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(t5_run)
+    model = AutoModelForSeq2SeqLM.from_pretrained(t5_run).eval()
+    requests = [
+        ("The old farmer sees the fox.", " Lo bonan"),
+        ("A cat.", " Na"),
+        ("The quiet soldiers see the lazy merchant today.", " Zavu loi roriri mafiton"),
+    ]
+    batched = scoring.seq2seq_loglikelihoods(model, tok, requests, 3, 64)
+    for request, (score, _) in zip(requests, batched, strict=True):
+        enc = tok(request[0], return_tensors="pt")
+        target = tok(request[1].strip(), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(**enc, labels=target).logits[0]
+        direct = torch.log_softmax(logits.float(), -1).gather(-1, target[0][:, None]).sum().item()
+        assert abs(score - direct) < 1e-5

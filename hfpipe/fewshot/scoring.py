@@ -36,12 +36,14 @@ def causal_loglikelihoods(
     requests: Sequence[tuple[list[int], list[int]]],
     batch_size: int,
     max_length: int,
-    padding_side: str = "right",
+    padding_side: str = "left",
 ) -> list[tuple[float, bool]]:
     """(summed log p(continuation | context), continuation is the greedy one) per token request.
 
     Input = (context + continuation) cut to its last max_length + 1 tokens, minus the last token (the
-    harness's rule); longest first, so a batch pads little. With left padding, position ids skip the pad.
+    harness's rule); longest first, so a batch pads little. With left padding (the default), position ids
+    skip the pad and every row ends in the last column, so only the last columns' logits are computed
+    (the vocabulary projection of the context's positions is most of a small model's work).
     """
     import torch
     import torch.nn.functional as F
@@ -71,13 +73,18 @@ def causal_loglikelihoods(
                 mask[r, start : start + len(row)] = 1
                 shift.append(start)
             kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            kept = 0
             if padding_side == "left":
                 kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+                if _takes(model, "logits_to_keep"):
+                    kept = max(n for _, n in spans)
+                    kwargs["logits_to_keep"] = kept
             logprobs = F.log_softmax(model(**kwargs).logits.float(), dim=-1)
             for r, i in enumerate(idx):
                 first, n = spans[r]
                 cont = torch.tensor(requests[i][1], device=device)
-                rows_lp = logprobs[r, shift[r] + first : shift[r] + first + n]
+                begin_at = kept - n if kept else shift[r] + first  # kept: the last `kept` columns only
+                rows_lp = logprobs[r, begin_at : begin_at + n]
                 total = rows_lp.gather(-1, cont[:, None]).sum().item()
                 greedy = bool((rows_lp.argmax(-1) == cont).all().item())
                 out[i] = (total, greedy)
@@ -133,6 +140,7 @@ def causal_option_loglikelihoods(
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 use_cache=True,
+                **({"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}),  # the next token only
             )
             first_lp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's 1st token
             owner = [r for r, g in enumerate(batch) for _ in groups[g][1]]
@@ -176,6 +184,12 @@ def causal_option_loglikelihoods(
                     at += 1
                 out[g] = scores
     return out  # type: ignore[return-value]
+
+
+def _takes(model, argument: str) -> bool:
+    import inspect
+
+    return argument in inspect.signature(model.forward).parameters
 
 
 def _cache_argument(model) -> str:
