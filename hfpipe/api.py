@@ -18,11 +18,18 @@ log = logging.getLogger("hfpipe")
 
 
 def _quiet_libraries() -> None:
-    import datasets
+    import os
+
     import transformers
 
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # datasets reads these when it is imported (and it costs ~1 s to import when a command does not need it)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
 

@@ -56,11 +56,36 @@ def load_splits(data, where: str) -> dict[str, list[dict]]:
         if value is None:
             continue
         paths = [value] if isinstance(value, str) else list(value)
+        if data.format in ("auto", "jsonl") and all(p.endswith(".jsonl") for p in paths):
+            out[split] = _read_jsonl(paths)  # no datasets / Arrow round trip: ~2 s less per run
+            continue
         ds = _load_files(paths, data.format, [], [], data.text_unit)
         out[split] = [{k: v for k, v in row.items() if k not in (ROW, FILE)} for row in ds]
     if not out:
         raise DataError("no data", file=where)
     return out
+
+
+def _read_jsonl(paths: list[str]) -> list[dict]:
+    import json
+
+    from hfpipe.errors import decode_utf8
+
+    rows = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError("file not found", file=path)
+        for number, line in enumerate(decode_utf8(Path(path).read_bytes(), DataError, path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"line {number}: not JSON ({exc.msg})", file=path) from None
+            if not isinstance(row, dict):
+                raise DataError(f"line {number}: expected a JSON object", file=path)
+            rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
