@@ -37,7 +37,20 @@ def test_continuations_take_the_context_s_trailing_space(clm_run):
         tok, "Review: fine. Sentiment:", " positive"
     )
     ctx, cont = scoring.encode_pair(tok, "Review: fine. Sentiment:", " positive")
-    assert ctx + cont == tok("Review: fine. Sentiment: positive", add_special_tokens=False)["input_ids"]
+    # the harness's rule: the context encoded alone, the option = the whole string past the context's length
+    assert ctx == tok("Review: fine. Sentiment:")["input_ids"]
+    assert cont == tok("Review: fine. Sentiment: positive")["input_ids"][len(ctx) :]
+
+
+def test_rolling_windows_score_every_token_once():
+    tokens = list(range(100, 110))
+    windows = scoring.rolling_windows(tokens, 99, 4)
+    assert [t for _, cont in windows for t in cont] == tokens
+    assert windows[0] == ([99], tokens[:4])
+    for ctx, cont in windows[1:]:
+        end = tokens.index(cont[-1]) + 1
+        assert ctx + cont == tokens[end - 5 : end]  # the most context the model holds
+    assert scoring.rolling_windows([], 99, 4) == []
 
 
 def test_batched_loglikelihoods_equal_one_at_a_time(clm_run):
@@ -189,15 +202,14 @@ def test_masked_lm_cloze_scores_the_mask(tmp_path, tiny_run):
 
     recipe = fewshot_recipe(tmp_path, tiny_run, "fewshot.k=[1]", name="fewshot-bert-cloze.yaml")
     task = recipe.fewshot.tasks[0].model_copy(
-        update={"verbalizer": {"negative": "unbelievably", "positive": words[1]}}
+        update={"verbalizer": {"negative": "zqxjv", "positive": words[1]}}
     )
     splits = load_splits(task.data, "test")
     prompts = Prompts(task, splits["test"][:4], splits["train"], False, "test")
     contexts = prompts.contexts(1, 1, "per_example", cloze=True)
-    assert contexts[0].count("\0") == 1 and "unbelievably" not in contexts[0].split("\0")[1]
-    if len(tok("unbelievably", add_special_tokens=False)["input_ids"]) > 1:
-        with pytest.raises(RecipeError, match="one-token verbalizers"):
-            score_choices(model, tok, "masked", prompts, contexts, recipe.fewshot)
+    assert contexts[0].count("\0") == 1 and "zqxjv" not in contexts[0].split("\0")[1]
+    with pytest.raises(RecipeError, match="one-token verbalizers"):
+        score_choices(model, tok, "masked", prompts, contexts, recipe.fewshot)
 
 
 def test_shared_context_cache_gives_the_plain_scores(clm_run):
@@ -234,9 +246,33 @@ def test_encoder_decoder_scores_the_option_as_the_target(t5_run):  # noqa: F811
     ]
     batched = scoring.seq2seq_loglikelihoods(model, tok, requests, 3, 64)
     for request, (score, _) in zip(requests, batched, strict=True):
+        # the harness's seq2seq rule: context and option encoded apart, special tokens included (</s> scored)
         enc = tok(request[0], return_tensors="pt")
-        target = tok(request[1].strip(), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        target = tok(request[1], return_tensors="pt")["input_ids"]
+        assert target[0, -1].item() == tok.eos_token_id
         with torch.no_grad():
             logits = model(**enc, labels=target).logits[0]
         direct = torch.log_softmax(logits.float(), -1).gather(-1, target[0][:, None]).sum().item()
         assert abs(score - direct) < 1e-5
+
+
+def test_fewshot_recipe_errors(tmp_path, tiny_run, clm_run, cli):
+    from hfpipe.errors import RecipeError
+
+    recipe = RECIPES / "fewshot-gpt2-sentiment.yaml"
+    with pytest.raises(RecipeError, match="task fewshot needs a fewshot section"):
+        load_recipe(recipe, ["~fewshot", f"output_dir={tmp_path}"])
+    twice = recipe.read_text().replace("name: aspect", "name: sentiment").replace("../runs", str(tmp_path))
+    (tmp_path / "twice.yaml").write_text(twice)
+    with pytest.raises(RecipeError, match="task names must differ: sentiment is used twice"):
+        load_recipe(tmp_path / "twice.yaml")
+    options = recipe.read_text().replace(
+        "      label: label\n", "      label: label\n      choices: ['{text}']\n", 1
+    )
+    (tmp_path / "options.yaml").write_text(options.replace("../runs", str(tmp_path)))
+    with pytest.raises(RecipeError, match="options are for multiple_choice, not classification"):
+        load_recipe(tmp_path / "options.yaml")
+    bad_metric = cli("fewshot", recipe, f"model.name_or_path={clm_run}", "--fail-under", "accuracy=0.5")
+    assert bad_metric.exit_code == 2 and "unknown metric 'accuracy'" in bad_metric.output
+    classifier = cli("fewshot", recipe, f"model.name_or_path={tiny_run}", f"output_dir={tmp_path / 'o'}")
+    assert classifier.exit_code == 2 and "not a language model" in classifier.output

@@ -314,7 +314,13 @@ def _gate(text: str) -> tuple[str | None, str, int | None, float]:
         raise RecipeError(f"--fail-under {text!r}: expected [TASK.]METRIC[@K]=NUMBER")
     key, at, k = key.partition("@")
     task, dot, metric = key.rpartition(".")
-    return (task if dot else None), metric, (int(k) if at and k.isdigit() else None), threshold
+    from hfpipe.fewshot import METRICS
+
+    if metric not in METRICS:
+        raise RecipeError(f"--fail-under {text!r}: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    if at and not k.isdigit():
+        raise RecipeError(f"--fail-under {text!r}: @K must be a number of shots")
+    return (task if dot else None), metric, (int(k) if at else None), threshold
 
 
 def _failed_gates(results: dict, gates) -> list[str]:

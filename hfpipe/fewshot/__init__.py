@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import random
+import re
 import statistics
 import string
 import time
@@ -158,9 +159,13 @@ class Prompts:
         shots = []
         if sampler == "harness":  # one stream in data order: lm-evaluation-harness's ContextSampler
             rnd = random.Random(seed)
-            n = k + 1 if self.same_split else k
             for doc in self.docs:
-                chosen = [x for x in rnd.sample(self.pool, n) if x != doc][:k]
+                if not self.same_split:  # the harness passes no eval_doc then
+                    shots.append(rnd.sample(self.pool, k))
+                    continue
+                chosen = [x for x in rnd.sample(self.pool, k + 1) if x != doc][:k]
+                if len(chosen) < k:  # duplicates of the doc: the harness draws again from the others
+                    chosen = rnd.sample([x for x in self.pool if x != doc], k)
                 shots.append(chosen)
             return shots
         for index, doc in enumerate(self.docs):
@@ -195,6 +200,12 @@ def open_model(name_or_path: str, recipe):
         from hfpipe.api import open_run
 
         run_recipe, _, model, tokenizer = open_run(path)
+        if run_recipe.task not in ("causal-lm", "generation", "masked-lm", "translation"):
+            raise RecipeError(
+                f"{path} is a {run_recipe.task} run, not a language model: few-shot scoring needs a causal-lm, "
+                "generation, masked-lm or translation run",
+                key="model.name_or_path",
+            )
     else:
         try:
             config = transformers.AutoConfig.from_pretrained(
@@ -203,11 +214,13 @@ def open_model(name_or_path: str, recipe):
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 name_or_path, revision=recipe.model.revision
             )
+            masked = any(a.endswith("ForMaskedLM") for a in config.architectures or [])
             auto = (
                 transformers.AutoModelForSeq2SeqLM
                 if config.is_encoder_decoder
                 else transformers.AutoModelForMaskedLM
-                if config.model_type in ("bert", "roberta", "distilbert", "electra", "deberta-v2")
+                if masked
+                or (config.model_type in ("bert", "roberta", "distilbert") and not config.is_decoder)
                 else transformers.AutoModelForCausalLM
             )
             model = auto.from_pretrained(
@@ -271,13 +284,17 @@ def score_choices(
     if kind == "masked":
         ids = []
         for word in options[0]:
-            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            pieces = tokenizer(" " + word, add_special_tokens=False)[
+                "input_ids"
+            ]  # after a space (RoBERTa's Ġ)
             if len(pieces) != 1:
                 raise RecipeError(
                     f"cloze scoring needs one-token verbalizers; {word!r} is {len(pieces)} tokens for this tokenizer",
                     key="fewshot.tasks.verbalizer",
                 )
             ids.append(pieces[0])
+        if tokenizer.mask_token is None:
+            raise RecipeError("this masked LM's tokenizer has no mask token", key="model.name_or_path")
         texts = [c.replace("\0", tokenizer.mask_token) for c in contexts]
         scores = scoring.cloze_logprobs(model, tokenizer, texts, ids, spec.batch_size, max_length)
         return _choice_metrics(scores, options, gold), len(texts)
@@ -301,6 +318,8 @@ def score_choices(
         encoded = []
         for context, continuation in requests:
             ctx, cont = scoring.encode_pair(tokenizer, context, continuation)
+            if not cont:
+                raise DataError(f"an option is empty after the prompt {context[-80:]!r}", file=prompts.where)
             encoded.append((ctx or [prefix], cont))
         if spec.reuse_context:  # one pass of each context, its cache shared by the options
             groups, at = [], 0
@@ -375,9 +394,9 @@ def score_rolling(model, tokenizer, kind: str, prompts: Prompts, spec) -> tuple[
     requests, owner, words, nbytes = [], [], 0, 0
     for n, doc in enumerate(prompts.docs):
         text = render("{" + prompts.task.text + "}", doc, prompts.where)
-        words += len(text.split())
+        words += len(re.split(r"\s+", text))  # as the harness counts words
         nbytes += len(text.encode("utf-8"))
-        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = tokenizer(text)["input_ids"]  # the tokenizer's special tokens, as the harness
         for window in scoring.rolling_windows(tokens, prefix, max_length):
             requests.append(window)
             owner.append(n)
@@ -412,8 +431,9 @@ def run(recipe, *, limit: int | None = None) -> dict:
     for task in spec.tasks:
         where = f"{recipe.source or 'recipe'} (fewshot task {task.name})"
         splits = load_splits(task.data, where)
-        for needed in (task.split, task.fewshot_split):
-            if needed not in splits and not (needed == task.fewshot_split and spec.k == [0]):
+        shots_needed = task.mode != "loglikelihood_rolling" and any(spec.k)
+        for needed in (task.split, task.fewshot_split) if shots_needed else (task.split,):
+            if needed not in splits:
                 raise DataError(f"no {needed} split (it has: {', '.join(splits)})", file=where)
         docs = splits[task.split][:limit] if limit else splits[task.split]
         pool = splits.get(task.fewshot_split, [])

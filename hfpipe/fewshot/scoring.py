@@ -12,15 +12,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) by the harness's rule; no special tokens."""
+def move_spaces(context: str, continuation: str) -> tuple[str, str]:
+    """Trailing spaces of the context belong to the continuation (the harness's rule)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
-        continuation = context[-spaces:] + continuation
-        context = context[:-spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return whole[: len(ctx)], whole[len(ctx) :]
+        return context[:-spaces], context[-spaces:] + continuation
+    return context, continuation
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) by the harness's rule: the context alone, and the whole string minus
+    the context's length. The tokenizer's own special tokens (a BOS for Llama-style tokenizers), as the
+    harness's tok_encode."""
+    context, continuation = move_spaces(context, continuation)
+    whole = tokenizer(context + continuation)["input_ids"]
+    ctx = tokenizer(context)["input_ids"]
+    return ctx, whole[len(ctx) :]
 
 
 def prefix_token(tokenizer) -> int:
@@ -28,7 +35,9 @@ def prefix_token(tokenizer) -> int:
     for token in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
         if token is not None:
             return token
-    raise ValueError("the tokenizer has no BOS / EOS / pad token to start an empty context")
+    from hfpipe.errors import RecipeError
+
+    raise RecipeError("the tokenizer has no BOS / EOS / pad token to start an empty context", key="model")
 
 
 def causal_loglikelihoods(
@@ -82,7 +91,7 @@ def causal_loglikelihoods(
             logprobs = F.log_softmax(model(**kwargs).logits.float(), dim=-1)
             for r, i in enumerate(idx):
                 first, n = spans[r]
-                cont = torch.tensor(requests[i][1], device=device)
+                cont = torch.tensor(requests[i][1], dtype=torch.long, device=device)
                 begin_at = kept - n if kept else shift[r] + first  # kept: the last `kept` columns only
                 rows_lp = logprobs[r, begin_at : begin_at + n]
                 total = rows_lp.gather(-1, cont[:, None]).sum().item()
@@ -202,25 +211,29 @@ def _cache_argument(model) -> str:
 def seq2seq_loglikelihoods(
     model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int, max_length: int
 ) -> list[tuple[float, bool]]:
-    """Encoder-decoders: the context is the encoder's input, the option the decoder's target."""
+    """Encoder-decoders: the context is the encoder's input, the option the decoder's target. As the
+    harness: spaces moved, context and option tokenized apart with the tokenizer's special tokens (T5's
+    </s> ends the option and is scored), a long context keeps its end."""
     import torch
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+    pairs = [move_spaces(c, x) for c, x in requests]
+    contexts = [tokenizer(c)["input_ids"][-max_length:] for c, _ in pairs]
+    targets_all = [tokenizer(x)["input_ids"] for _, x in pairs]
+    order = sorted(range(len(requests)), key=lambda i: -len(contexts[i]))
     out: list[tuple[float, bool] | None] = [None] * len(requests)
     model.eval()
     with torch.no_grad():
         for begin in range(0, len(order), batch_size):
             idx = order[begin : begin + batch_size]
-            enc = tokenizer(
-                [requests[i][0] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            ).to(device)
-            targets = [tokenizer(requests[i][1].strip(), add_special_tokens=False)["input_ids"] for i in idx]
+            width = max(len(contexts[i]) for i in idx)
+            ids = torch.full((len(idx), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for r, i in enumerate(idx):
+                ids[r, : len(contexts[i])], attention[r, : len(contexts[i])] = torch.tensor(contexts[i]), 1
+            enc = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+            targets = [targets_all[i] for i in idx]
             width = max(map(len, targets))
             labels = torch.full((len(idx), width), -100, dtype=torch.long)
             for r, t in enumerate(targets):
@@ -256,7 +269,11 @@ def cloze_logprobs(
                 if len(ids) > max_length:  # keep [CLS], drop the oldest shots
                     ids = ids[:1] + ids[len(ids) - max_length + 1 :]
                 if ids.count(mask_id) != 1:
-                    raise ValueError(f"the prompt must hold exactly one {tokenizer.mask_token}: {text!r}")
+                    from hfpipe.errors import DataError
+
+                    raise DataError(
+                        f"a cloze prompt must hold exactly one {tokenizer.mask_token}: {text[-200:]!r}"
+                    )
                 rows.append(ids)
             width = max(map(len, rows))
             ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
@@ -273,6 +290,8 @@ def cloze_logprobs(
 def rolling_windows(tokens: list[int], prefix: int, max_length: int) -> list[tuple[list[int], list[int]]]:
     """(context, continuation) token windows that score every token of a text once (the harness's
     rolling windows with one token of context, made disjoint)."""
+    if not tokens:
+        return []  # an empty text has nothing to score
     windows = []
     first = min(max_length, len(tokens))
     windows.append(([prefix], tokens[:first]))
@@ -304,7 +323,12 @@ def generate(
     cut, tokenizer.truncation_side = tokenizer.truncation_side, "left"
     room = max_length if seq2seq else max_length - settings.get("max_new_tokens", 32)
     if room < 1:
-        raise ValueError(f"max_new_tokens leaves no room in the model's {max_length} positions")
+        from hfpipe.errors import RecipeError
+
+        raise RecipeError(
+            f"max_new_tokens leaves no room in the model's {max_length} positions",
+            key="fewshot.tasks.max_new_tokens",
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

@@ -514,22 +514,28 @@ class FewshotTask(Section):
     num_beams: int = Field(1, ge=1, description="generate: 1 is greedy.")
     text: str = Field("text", description="loglikelihood_rolling: column with the text.")
 
-    @field_validator("prompt", "target")
+    @field_validator("prompt", "target", "choices")
     @classmethod
     def _format_string(cls, value):
-        if value is None:
-            return value
-        Template._parses(value)
+        import string
+
+        for text in [value] if isinstance(value, str) else value or []:
+            try:
+                fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+            except ValueError as exc:
+                raise ValueError(f"not a valid format string: {exc}") from None
+            if any(not name or not name.isidentifier() for name in fields):
+                raise ValueError("every {} must name a column, e.g. {text}")
         return value
 
     @model_validator(mode="after")
     def _mode_needs(self) -> FewshotTask:
         if self.mode == "multiple_choice" and not self.choices:
-            raise ValueError("@choices: multiple_choice needs the options (format strings or a list column)")
+            raise ValueError("choices: multiple_choice needs the options (format strings or a list column)")
         if self.mode == "generate" and not self.target:
-            raise ValueError("@target: generate needs the expected text (a format string)")
+            raise ValueError("target: generate needs the expected text (a format string)")
         if self.mode != "multiple_choice" and self.choices:
-            raise ValueError(f"@choices: options are for multiple_choice, not {self.mode}")
+            raise ValueError(f"choices: options are for multiple_choice, not {self.mode}")
         return self
 
 
@@ -538,10 +544,14 @@ class Fewshot(Section):
 
     tasks: list[FewshotTask] = Field(min_length=1, description="The tasks to evaluate.")
     k: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0], description="Numbers of examples in the prompt, e.g. [0, 1, 5]."
+        default_factory=lambda: [0],
+        min_length=1,
+        description="Numbers of examples in the prompt, e.g. [0, 1, 5].",
     )
     seeds: list[int] = Field(
-        default_factory=lambda: [1234], description="Seeds of the k-shot draws; several give mean ± std."
+        default_factory=lambda: [1234],
+        min_length=1,
+        description="Seeds of the k-shot draws; several give mean ± std.",
     )
     sampler: Literal["per_example", "harness"] = Field(
         "per_example",
@@ -561,6 +571,15 @@ class Fewshot(Section):
         ge=8,
         description="Longest input in tokens (default: the model's positions); longer keep their end.",
     )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_names(cls, tasks):
+        names = [t.name for t in tasks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"task names must differ: {', '.join(twice)} is used twice")
+        return tasks
 
 
 class Recipe(Section):
