@@ -315,9 +315,9 @@ def score_choices(
         flat = scoring.seq2seq_loglikelihoods(model, tokenizer, requests, spec.batch_size, max_length)
     else:
         prefix = scoring.prefix_token(tokenizer)
-        encoded = []
+        encoded, seen = [], {}
         for context, continuation in requests:
-            ctx, cont = scoring.encode_pair(tokenizer, context, continuation)
+            ctx, cont = scoring.encode_pair(tokenizer, context, continuation, seen)
             if not cont:
                 raise DataError(f"an option is empty after the prompt {context[-80:]!r}", file=prompts.where)
             encoded.append((ctx or [prefix], cont))

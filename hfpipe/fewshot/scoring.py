@@ -20,13 +20,19 @@ def move_spaces(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer, context: str, continuation: str, seen: dict | None = None
+) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) by the harness's rule: the context alone, and the whole string minus
     the context's length. The tokenizer's own special tokens (a BOS for Llama-style tokenizers), as the
-    harness's tok_encode."""
+    harness's tok_encode. `seen` keeps contexts already tokenized (an example's options share one)."""
     context, continuation = move_spaces(context, continuation)
     whole = tokenizer(context + continuation)["input_ids"]
-    ctx = tokenizer(context)["input_ids"]
+    ctx = seen.get(context) if seen is not None else None
+    if ctx is None:
+        ctx = tokenizer(context)["input_ids"]
+        if seen is not None:
+            seen[context] = ctx
     return ctx, whole[len(ctx) :]
 
 

@@ -115,6 +115,19 @@ class Columns(Section):
     )
 
 
+def check_format(value: str) -> str:
+    """A Python format string whose every {} names a column (generation templates, few-shot prompts)."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid format string: {exc}") from None
+    if any(not name or not name.isidentifier() for name in fields):
+        raise ValueError("every {} must name a column, e.g. {text}")
+    return value
+
+
 class Template(Section):
     """generation: build prompt and completion from other columns with Python format strings."""
 
@@ -124,15 +137,7 @@ class Template(Section):
     @field_validator("prompt", "completion")
     @classmethod
     def _parses(cls, value: str) -> str:
-        import string
-
-        try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
-        except ValueError as exc:
-            raise ValueError(f"not a valid format string: {exc}") from None
-        if any(not name or not name.isidentifier() for name in fields):
-            raise ValueError("every {} must name a column, e.g. {text}")
-        return value
+        return check_format(value)
 
     @staticmethod
     def fields(text: str) -> list[str]:
@@ -517,15 +522,8 @@ class FewshotTask(Section):
     @field_validator("prompt", "target", "choices")
     @classmethod
     def _format_string(cls, value):
-        import string
-
         for text in [value] if isinstance(value, str) else value or []:
-            try:
-                fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
-            except ValueError as exc:
-                raise ValueError(f"not a valid format string: {exc}") from None
-            if any(not name or not name.isidentifier() for name in fields):
-                raise ValueError("every {} must name a column, e.g. {text}")
+            check_format(text)
         return value
 
     @model_validator(mode="after")
