@@ -47,6 +47,21 @@ def adapter_recipe(recipe_file, tiny, base, tmp_path, *overrides, out="lora"):
     )
 
 
+def prefix_recipe(base, tmp_path, virtual_tokens: int, *overrides, out="lora"):
+    """The GPT-2 generation recipe as a prefix-tuning adapter on `base`."""
+    return adapter_recipe(
+        "gpt2-generation.yaml",
+        TINY_GEN,
+        base,
+        tmp_path,
+        "~peft.r",
+        "peft.method=prefix-tuning",
+        f"peft.num_virtual_tokens={virtual_tokens}",
+        *overrides,
+        out=out,
+    )
+
+
 def train_keeping_model(recipe, monkeypatch):
     """(run directory, the trained model as fit() returned it)."""
     kept = {}
@@ -269,19 +284,7 @@ def test_ia3_and_prefix_tuning(tiny_run, clm_run, tmp_path, cli):
     _, difference = merge_run(ia3, tmp_path / "ia3-merged")
     assert difference <= 1e-5
 
-    prefix = train(
-        adapter_recipe(
-            "gpt2-generation.yaml",
-            TINY_GEN,
-            clm_run,
-            tmp_path,
-            "~peft.r",
-            "peft.method=prefix-tuning",
-            "peft.num_virtual_tokens=4",
-            "data.max_length=24",
-            out="prefix",
-        )
-    )
+    prefix = train(prefix_recipe(clm_run, tmp_path, 4, "data.max_length=24", out="prefix"))
     assert json.loads((prefix / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
     out = cli("generate", prefix, "--prompt", "the film was", "--max-new-tokens", "4")
     assert out.exit_code == 0 and "completion" in out.output
@@ -338,18 +341,7 @@ def test_recipe_errors(tiny_run, clm_run, tmp_path, cli):
             "peft.feedforward_modules=[x]",
         )
     with pytest.raises(RecipeError, match="left after the prefix-tuning virtual tokens"):
-        train(
-            adapter_recipe(
-                "gpt2-generation.yaml",
-                TINY_GEN,
-                clm_run,
-                tmp_path,
-                "~peft.r",
-                "peft.method=prefix-tuning",
-                "peft.num_virtual_tokens=8",
-                "data.max_length=30",  # 30 + 8 > the base's 32 positions
-            )
-        )
+        train(prefix_recipe(clm_run, tmp_path, 8, "data.max_length=30"))  # 30 + 8 > the base's 32 positions
     result = cli("merge", tiny_run, tmp_path / "m")
     assert result.exit_code != 0 and "not an adapter run" in result.output
 

@@ -353,17 +353,11 @@ def score_choices(
     return _choice_metrics(scores, options, gold), len(requests)
 
 
-def _f1(prediction: str, gold: str) -> float:
-    from hfpipe.metrics import squad_f1
-
-    return squad_f1(prediction, gold)
-
-
 def score_generate(model, tokenizer, prompts: Prompts, contexts: list[str], spec) -> tuple[dict, int]:
     import sacrebleu
 
     from hfpipe.fewshot import scoring
-    from hfpipe.metrics import normalize_answer
+    from hfpipe.metrics import normalize_answer, squad_f1
 
     task = prompts.task
     gold = [str(prompts.gold(d)) for d in prompts.docs]
@@ -377,7 +371,7 @@ def score_generate(model, tokenizer, prompts: Prompts, contexts: list[str], spec
             normalize_answer(p) == normalize_answer(g) for p, g in zip(predictions, gold, strict=True)
         )
         / len(gold),
-        "f1": sum(_f1(p, g) for p, g in zip(predictions, gold, strict=True)) / len(gold),
+        "f1": sum(squad_f1(p, g) for p, g in zip(predictions, gold, strict=True)) / len(gold),
         "bleu": sacrebleu.corpus_bleu(predictions, [gold]).score,
         "chrf": sacrebleu.corpus_chrf(predictions, [gold]).score,
     }
