@@ -713,14 +713,60 @@ def _lm_eval_venv() -> Path:
     return exe
 
 
-def bench_fewshot(limit: int = 500, shots: tuple[int, ...] = (0, 5)) -> dict:
-    """hfpipe fewshot against lm-evaluation-harness on PIQA (the same prompts, fewshot seed, examples and
-    model), k = 0 and 5: both accuracies and both wall times, one after the other in one run."""
+def _hellaswag_text(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag clean-up (its tasks/hellaswag/utils.py preprocess)."""
+    import re
+
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+
+
+def _fewshot_data(work: Path, limit: int) -> dict:
+    """The bench's few-shot tasks as jsonl both tools read: {name: (file, hfpipe prompt, hfpipe choices,
+    harness doc_to_text, harness doc_to_choice, examples in the file)}."""
+    tasks = {}
     piqa = SHARED / "fewshot" / "piqa"
-    if not (piqa / "valid.jsonl").exists():
-        return {"skipped": "needs ../shared/data/fewshot/piqa"}
-    # hfpipe's GPT-2 recipe with room for 5-shot PIQA prompts (1,024 positions; the bundled one has 64).
-    model_dir = Path("/tmp/hfpipe-bench-fewshot/gpt2")
+    if (piqa / "valid.jsonl").exists():
+        rows = [json.loads(line) for line in (piqa / "valid.jsonl").read_text().splitlines() if line.strip()]
+        labels = (piqa / "valid-labels.lst").read_text().split()
+        data = work / "piqa.jsonl"
+        data.write_text(
+            "".join(json.dumps({**r, "label": int(y)}) + "\n" for r, y in zip(rows, labels, strict=True))
+        )
+        tasks["piqa"] = (data, "Question: {goal}\nAnswer:", '["{sol1}", "{sol2}"]')
+        tasks["piqa"] += ("Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}", len(rows))
+    hellaswag = SHARED / "fewshot" / "hellaswag" / "hellaswag_val_full.txt.bz2"
+    if hellaswag.exists():
+        import bz2
+
+        lines = bz2.decompress(hellaswag.read_bytes()).decode("utf-8").split("\n")
+        rows = []
+        for at in range(0, len(lines) - 5, 6):  # "activity: context", the gold index, four endings
+            rows.append(
+                {
+                    "query": _hellaswag_text(lines[at]),
+                    "choices": [_hellaswag_text(e) for e in lines[at + 2 : at + 6]],
+                    "label": int(lines[at + 1]),
+                }
+            )
+        data = work / "hellaswag.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tasks["hellaswag"] = (data, "{query}", "choices", "{{query}}", "choices", len(rows))
+    return tasks
+
+
+def bench_fewshot(limit: int = 500) -> dict:
+    """hfpipe fewshot against lm-evaluation-harness on PIQA and HellaSwag (the same prompts, shots,
+    examples and model): k = 0, k = 5 drawn per example (the harness's default sampler and seed) and k = 5
+    with the same first five shots for every example (first_n: hfpipe computes the shared prompt once).
+    Both accuracies and both wall times, one after the other in one run."""
+    work = Path("/tmp/hfpipe-bench-fewshot")
+    work.mkdir(parents=True, exist_ok=True)
+    tasks = _fewshot_data(work, limit)
+    if not tasks:
+        return {"skipped": "needs ../shared/data/fewshot/piqa or hellaswag"}
+    # hfpipe's GPT-2 recipe with room for 5-shot prompts (1,024 positions; the bundled one has 64).
+    model_dir = work / "gpt2"
     exe = str(Path(sys.executable).parent / "hfpipe")
     if not (model_dir / "config.json").exists():
         overrides = ["model.config.n_positions=1024", "tokenizer.train.vocab_size=4000", "train.epochs=1"]
@@ -728,100 +774,70 @@ def bench_fewshot(limit: int = 500, shots: tuple[int, ...] = (0, 5)) -> dict:
         subprocess.run(
             [exe, "train", "recipes/gpt2-clm-pretrain.yaml", "--overwrite", *overrides], cwd=ROOT, check=True
         )
-    work = Path("/tmp/hfpipe-bench-fewshot")
-    work.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (piqa / "valid.jsonl").read_text().splitlines() if line.strip()]
-    labels = (piqa / "valid-labels.lst").read_text().split()
-    data = work / "piqa.jsonl"
-    data.write_text(
-        "".join(json.dumps({**r, "label": int(y)}) + "\n" for r, y in zip(rows, labels, strict=True))
-    )
-    prompt = "Question: {goal}\nAnswer:"
-    (work / "piqa_local.yaml").write_text(
-        "task: piqa_local\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    validation: {data}\n"
-        "validation_split: validation\ntest_split: validation\nfewshot_split: validation\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "Question: {{goal}}\\nAnswer:"\n'
-        "doc_to_target: label\n"
-        'doc_to_choice: "{{[sol1, sol2]}}"\n'
-        'target_delimiter: " "\nfewshot_delimiter: "\\n\\n"\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
-    )
-    recipe = work / "piqa.yaml"
-    recipe.write_text(
-        "task: fewshot\n"
-        "description: PIQA against lm-evaluation-harness\n"
-        f"model: {{name_or_path: {model_dir}}}\n"
-        "fewshot:\n  sampler: harness\n  seeds: [1234]\n  batch_size: 32\n  tasks:\n"
-        f"    - name: piqa\n      mode: multiple_choice\n      data: {{validation: {data}}}\n"
-        "      split: validation\n      fewshot_split: validation\n"
-        f"      prompt: {json.dumps(prompt)}\n"
-        '      choices: ["{sol1}", "{sol2}"]\n      label: label\n'
-        f"output_dir: {work / 'hfpipe-out'}\n"
-    )
     harness = _lm_eval_venv()
     out: dict = {
-        "data": f"PIQA validation, first {limit} of {len(rows)} questions; fewshot examples from the whole split",
         "model": "hfpipe's GPT-2 of recipes/gpt2-clm-pretrain.yaml with 1,024 positions, 1 epoch (2 x 128)",
         "harness": LM_EVAL,
-        "prompt": prompt,
+        "examples": f"the first {limit} of each validation split; shots from the same split (never the scored one)",
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for k in shots:
-        started = time.perf_counter()
-        subprocess.run(
-            [exe, "fewshot", str(recipe), f"fewshot.k=[{k}]", "--limit", str(limit)],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        ours_s = time.perf_counter() - started
-        ours = json.loads((work / "hfpipe-out" / "results.json").read_text())["tasks"]["piqa"]["runs"][0]
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                str(harness),
-                "--model",
-                "hf",
-                "--model_args",
-                f"pretrained={model_dir},dtype=float32",
-                "--tasks",
-                "piqa_local",
-                "--include_path",
-                str(work),
-                "--num_fewshot",
-                str(k),
-                "--batch_size",
-                "32",
-                "--device",
-                "cpu",
-                "--limit",
-                str(limit),
-                "--output_path",
-                str(work / "harness-out"),
-            ],
-            cwd=work,
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        theirs_s = time.perf_counter() - started
-        result = sorted((work / "harness-out").rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
-        theirs = json.loads(result.read_text())["results"]["piqa_local"]
-        out[f"k={k}"] = {
-            "hfpipe_acc": ours["acc"],
-            "hfpipe_acc_norm": ours["acc_norm"],
-            "harness_acc": theirs["acc,none"],
-            "harness_acc_norm": theirs["acc_norm,none"],
-            "acc_difference": abs(ours["acc"] - theirs["acc,none"]),
-            "hfpipe_wall_s": round(ours_s, 2),
-            "harness_wall_s": round(theirs_s, 2),
-            "speedup": round(theirs_s / ours_s, 2),
-            "hfpipe_requests_per_s": ours["requests_per_s"],
-        }
+    for name, (data, prompt, choices, their_prompt, their_choices, size) in tasks.items():
+        out[name] = {"prompt": prompt, "examples_in_split": size}
+        for k, sampler in ((0, "harness"), (5, "harness"), (5, "first_n")):
+            recipe = work / f"{name}-{sampler}.yaml"
+            recipe.write_text(
+                f"task: fewshot\ndescription: {name} against lm-evaluation-harness\n"
+                f"model: {{name_or_path: {model_dir}}}\n"
+                f"fewshot:\n  sampler: {sampler}\n  seeds: [1234]\n  batch_size: 32\n  tasks:\n"
+                f"    - name: {name}\n      mode: multiple_choice\n      data: {{validation: {data}}}\n"
+                "      split: validation\n      fewshot_split: validation\n"
+                f"      prompt: {json.dumps(prompt)}\n      choices: {choices}\n      label: label\n"
+                f"output_dir: {work / 'hfpipe-out'}\n"
+            )
+            their_task = f"{name}_local_{sampler}"
+            (work / f"{their_task}.yaml").write_text(
+                f"task: {their_task}\ndataset_path: json\n"
+                f"dataset_kwargs:\n  data_files:\n    validation: {data}\n"
+                "validation_split: validation\ntest_split: validation\nfewshot_split: validation\n"
+                + ("fewshot_config:\n  sampler: first_n\n" if sampler == "first_n" else "")
+                + f'output_type: multiple_choice\ndoc_to_text: "{their_prompt}"\ndoc_to_target: label\n'
+                f'doc_to_choice: "{their_choices}"\ntarget_delimiter: " "\nfewshot_delimiter: "\\n\\n"\n'
+                "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+            )
+            started = time.perf_counter()
+            subprocess.run(
+                [exe, "fewshot", str(recipe), f"fewshot.k=[{k}]", "--limit", str(limit)],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                env=env,
+            )
+            ours_s = time.perf_counter() - started
+            ours = json.loads((work / "hfpipe-out" / "results.json").read_text())["tasks"][name]["runs"][0]
+            started = time.perf_counter()
+            args = ["--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32"]
+            args += ["--tasks", their_task, "--include_path", str(work), "--num_fewshot", str(k)]
+            args += ["--batch_size", "32", "--device", "cpu", "--limit", str(limit)]
+            args += ["--output_path", str(work / "harness-out")]
+            subprocess.run([str(harness), *args], cwd=work, check=True, capture_output=True, env=env)
+            theirs_s = time.perf_counter() - started
+            result = sorted((work / "harness-out").rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[
+                -1
+            ]
+            theirs = json.loads(result.read_text())["results"][their_task]
+            out[name][f"k={k}" + (" first_n" if sampler == "first_n" else "")] = {
+                "hfpipe_acc": ours["acc"],
+                "hfpipe_acc_norm": ours["acc_norm"],
+                "harness_acc": theirs["acc,none"],
+                "harness_acc_norm": theirs["acc_norm,none"],
+                "acc_difference": abs(ours["acc"] - theirs["acc,none"]),
+                "acc_norm_difference": abs(ours["acc_norm"] - theirs["acc_norm,none"]),
+                "hfpipe_wall_s": round(ours_s, 2),
+                "harness_wall_s": round(theirs_s, 2),
+                "speedup": round(theirs_s / ours_s, 2),
+                "hfpipe_requests_per_s": ours["requests_per_s"],
+            }
+            print(name, k, sampler, json.dumps(out[name]), file=sys.stderr, flush=True)
     return out
 
 

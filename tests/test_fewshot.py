@@ -94,6 +94,17 @@ def test_prompts_draw_k_others_deterministically(tmp_path, clm_run):
             assert first != prompts.draw(5, 2, sampler)
             for doc, shots in zip(docs, first, strict=True):
                 assert len(shots) == 5 and doc not in shots
+    for same_split, pool in ((False, splits["train"]), (True, docs)):
+        prompts = Prompts(task, docs, pool, same_split, "test")
+        fixed = prompts.draw(3, 1, "fixed")
+        assert fixed == prompts.draw(3, 1, "fixed") and fixed != prompts.draw(3, 2, "fixed")
+        common = max(fixed, key=fixed.count)
+        assert fixed.count(common) >= len(docs) - 3  # one set of shots, except for docs among them
+        for doc, shots in zip(docs, fixed, strict=True):
+            assert len(shots) == 3 and doc not in shots
+            assert shots == common or doc in common
+        first = prompts.draw(3, 7, "first_n")
+        assert all(s == [x for x in pool if x != d][:3] for d, s in zip(docs, first, strict=True))
     prompts = Prompts(task, docs, splits["train"], False, "test")
     context = prompts.contexts(2, 1, "per_example")[0]
     shots = prompts.draw(2, 1, "per_example")[0]
@@ -101,6 +112,17 @@ def test_prompts_draw_k_others_deterministically(tmp_path, clm_run):
         f"Review: {shots[0]['text']}\nSentiment: {shots[0]['label']}\n\n"
         f"Review: {shots[1]['text']}\nSentiment: {shots[1]['label']}\n\n"
         f"Review: {docs[0]['text']}\nSentiment:"
+    )
+    described = Prompts(
+        task.model_copy(update={"description": "Is the {label} review positive?\n\n"}),
+        docs,
+        splits["train"],
+        False,
+        "t",
+    )
+    assert (
+        described.contexts(2, 1, "per_example")[0]
+        == f"Is the {docs[0]['label']} review positive?\n\n" + context
     )
 
 
@@ -232,6 +254,60 @@ def test_shared_context_cache_gives_the_plain_scores(clm_run):
         for (ctx, opts), scores in zip(groups, got, strict=True):
             plain = scoring.causal_loglikelihoods(model, [(ctx, o) for o in opts], 1, 24)
             assert all(abs(a[0] - b[0]) < 1e-5 and a[1] == b[1] for a, b in zip(scores, plain, strict=True))
+
+
+def test_shared_prefixes_cluster_contexts_by_their_common_start():
+    start = list(range(100, 140))  # 40 tokens
+    contexts = [
+        start + [1],
+        start + [2, 3],
+        start + [4],
+        start[:16] + [5, 6],  # shares 16 tokens with the others
+        [9] * 5 + [1],
+        [9] * 5 + [2],  # 5 tokens in common: not worth a pass of their own
+        start + [1, 7],
+    ]
+    clusters = scoring.shared_prefixes(contexts)
+    assert sorted(i for _, members in clusters for i in members) == list(range(7))  # each context once
+    by_prefix = {n: sorted(m) for n, m in clusters}
+    # one pass of 40 tokens for four contexts saves 3 x 40; taking the fifth at 16 would save only 4 x 16
+    assert by_prefix == {40: [0, 1, 2, 6], 0: [3, 4, 5]}
+    # a prefix leaves each member its last token (which predicts the first option token)
+    assert scoring.shared_prefixes([start, start + [1], start + [2]]) == [(39, [0, 1, 2])]
+    assert scoring.shared_prefixes([start[:16] + [1], start[:16] + [2]]) == [(16, [0, 1])]
+    assert scoring.shared_prefixes([]) == [] and scoring.shared_prefixes([[1]]) == [(0, [0])]
+
+
+def test_shared_prefix_cache_gives_the_plain_scores_and_runs_once(clm_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(clm_run)
+    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+    shots = tok("The cast was superb. positive\n\nWhat a dull film. negative\n\n")["input_ids"][:18]
+    endings = [[40, 41], [42], [43, 44, 45, 46], [47], [48, 49, 50]]  # token ids: after the shots
+    options = [[[60], [61, 62]], [[63, 64, 65], [60]], [[61], [62], [66]], [[60], [61]], [[67, 68], [60]]]
+    groups = [(shots + e, o) for e, o in zip(endings, options, strict=True)]
+    groups.append(([70, 71, 72], [[60], [61, 62]]))  # shares nothing
+    ((prefix, members), *_) = scoring.shared_prefixes([g[0] for g in groups])
+    assert prefix >= 16 and sorted(members) == [0, 1, 2, 3, 4]  # the test exercises a shared prefix
+    assert all(len(c) + max(map(len, o)) <= 32 for c, o in groups)  # within the model's positions
+
+    tokens = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: tokens.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    plain = [scoring.causal_loglikelihoods(model, [(c, o) for o in opts], 1, 32) for c, opts in groups]
+    for batch_size in (1, 3, 16):
+        tokens.clear()
+        got = scoring.causal_option_loglikelihoods(model, groups, batch_size, 32)
+        for want, scores in zip(plain, got, strict=True):
+            assert all(abs(a[0] - b[0]) < 1e-5 and a[1] == b[1] for a, b in zip(scores, want, strict=True))
+        shared_tokens = sum(tokens)
+        tokens.clear()
+        scoring.causal_option_loglikelihoods(model, groups, batch_size, 32, share_prefixes=False)
+        # the prefix ran once instead of once per context (padding aside)
+        assert sum(tokens) - shared_tokens >= 4 * prefix, (batch_size, sum(tokens), shared_tokens)
+    hook.remove()
 
 
 def test_encoder_decoder_scores_the_option_as_the_target(t5_run):  # noqa: F811

@@ -157,6 +157,17 @@ class Prompts:
         if available < k:
             raise DataError(f"the fewshot split has {available} examples to draw k={k} from", file=self.where)
         shots = []
+        if sampler == "first_n":  # lm-evaluation-harness's FirstNSampler: the pool without the doc, in order
+            return [[x for x in self.pool if not (self.same_split and x == doc)][:k] for doc in self.docs]
+        if sampler == "fixed":  # one draw of k + 1 for all; a doc among the first k gets the (k+1)-th instead
+            drawn = random.Random(seed).sample(self.pool, min(len(self.pool), k + 1))
+            for index, doc in enumerate(self.docs):
+                chosen = [x for x in drawn if not (self.same_split and x == doc)][:k]
+                if len(chosen) < k:  # copies of the doc in the draw: its own draw, as per_example
+                    rnd = random.Random(f"{seed}/{index}")
+                    chosen = rnd.sample([x for x in self.pool if x != doc], k)
+                shots.append(chosen)
+            return shots
         if sampler == "harness":  # one stream in data order: lm-evaluation-harness's ContextSampler
             rnd = random.Random(seed)
             for doc in self.docs:
@@ -179,7 +190,8 @@ class Prompts:
         for doc, shots in zip(self.docs, self.draw(k, seed, sampler), strict=True):
             parts = [self.shot_text(s, cloze) for s in shots]
             parts.append(render(task.prompt, doc, self.where, {MASK: "\0"} if cloze else None))
-            out.append(task.fewshot_delimiter.join(parts))
+            described = render(task.description, doc, self.where) if task.description else ""
+            out.append(described + task.fewshot_delimiter.join(parts))
         return out
 
 

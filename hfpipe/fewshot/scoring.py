@@ -106,14 +106,68 @@ def causal_loglikelihoods(
     return out  # type: ignore[return-value]
 
 
+def shared_prefixes(contexts: Sequence[list[int]], min_length: int = 16) -> list[tuple[int, list[int]]]:
+    """Clusters of contexts that start with the same tokens: [(prefix length, member indices)], every index
+    in one cluster; a prefix of 0 for contexts that share nothing worth a pass of its own.
+
+    Contexts sorted in token order put any common start in one run, and the common start of a run is the
+    smallest common start of its neighbours (the LCP-interval tree of a suffix array). Each run is either
+    one cluster (its prefix runs once instead of once per member: (members - 1) x prefix tokens saved) or
+    split where its neighbours share least, whichever saves more. A prefix always leaves a member at least
+    one token of its own (the token that predicts its first option token).
+    """
+    order = sorted(range(len(contexts)), key=lambda i: contexts[i])
+
+    def common(a: list[int], b: list[int]) -> int:
+        n, i = min(len(a), len(b)) - 1, 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        return i
+
+    shared = [common(contexts[order[i]], contexts[order[i + 1]]) for i in range(len(order) - 1)]
+    best: dict[tuple[int, int], tuple[int, list[tuple[int, list[int]]]]] = {}
+    stack = [(0, len(order), False)]
+    while stack:
+        lo, hi, ready = stack.pop()
+        if hi - lo < 2:
+            best[(lo, hi)] = (0, [(0, order[lo:hi])] if hi > lo else [])
+            continue
+        low = min(shared[lo : hi - 1])
+        cuts = [lo] + [i + 1 for i in range(lo, hi - 1) if shared[i] == low] + [hi]
+        parts = list(zip(cuts, cuts[1:], strict=False))
+        if not ready:
+            stack.append((lo, hi, True))
+            stack += [(a, b, False) for a, b in parts]
+            continue
+        saved = sum(best[p][0] for p in parts)
+        clusters = [c for p in parts for c in best.pop(p)[1]]
+        whole = (hi - lo - 1) * low if low >= min_length else 0
+        if whole > saved:
+            best[(lo, hi)] = (whole, [(low, order[lo:hi])])
+        else:  # contexts without a shared prefix go together (one cluster of prefix 0)
+            alone = [i for n, members in clusters if n == 0 for i in members]
+            kept = [c for c in clusters if c[0] > 0]
+            best[(lo, hi)] = (saved, kept + ([(0, alone)] if alone else []))
+    return best[(0, len(order))][1] if order else []
+
+
 def causal_option_loglikelihoods(
-    model, groups: Sequence[tuple[list[int], list[list[int]]]], batch_size: int, max_length: int
+    model,
+    groups: Sequence[tuple[list[int], list[list[int]]]],
+    batch_size: int,
+    max_length: int,
+    share_prefixes: bool = True,
 ) -> list[list[tuple[float, bool]]]:
     """Like causal_loglikelihoods for (context, [options]) groups, but each context runs once: its key /
-    value cache is copied for every option, which then runs only its own tokens. Contexts are left-padded
-    so that every cache ends in the same column; position ids skip the pad. Groups where an option would
-    cut the context (longer than max_length) take the plain path, which cuts per option as the harness does.
+    value cache is copied for every option, which then runs only its own tokens. With share_prefixes, a
+    start that several contexts share (the same k shots, a task description) runs once for all of them
+    (shared_prefixes), and its cache is copied for each context. Contexts are left-padded after the shared
+    prefix so that every cache ends in the same column; position ids skip the pad. Groups where an option
+    would cut the context (longer than max_length) take the plain path, which cuts per option as the
+    harness does.
     """
+    import copy
+
     import torch
     import torch.nn.functional as F
 
@@ -130,32 +184,53 @@ def causal_option_loglikelihoods(
         scores = iter(causal_loglikelihoods(model, flat, batch_size, max_length))
         for g in plain:
             out[g] = [next(scores) for _ in groups[g][1]]
-    order = sorted(fits, key=lambda g: -len(groups[g][0]))
-    batches, current, rows = [], [], 0
-    for g in order:  # about batch_size option rows per batch, whole groups
-        if current and rows + len(groups[g][1]) > batch_size:
-            batches.append(current)
-            current, rows = [], 0
-        current.append(g)
-        rows += len(groups[g][1])
-    if current:
-        batches.append(current)
+    clusters = (
+        [(n, [fits[i] for i in members]) for n, members in shared_prefixes([groups[g][0] for g in fits])]
+        if share_prefixes
+        else [(0, fits)]
+    )
+    batches = []  # (prefix length, groups)
+    for shared, members in clusters:
+        current, rows = [], 0
+        for g in sorted(members, key=lambda g: -len(groups[g][0])):  # ~batch_size option rows, whole groups
+            if current and rows + len(groups[g][1]) > batch_size:
+                batches.append((shared, current))
+                current, rows = [], 0
+            current.append(g)
+            rows += len(groups[g][1])
+        if current:
+            batches.append((shared, current))
+    keep_one = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}  # the next token only
+    prefix_cache, prefix_of = None, None
     model.eval()
     with torch.no_grad():
-        for batch in batches:
-            contexts = [groups[g][0] for g in batch]
+        for shared, batch in batches:
+            cached = {}
+            if shared:
+                start = groups[batch[0]][0][:shared]
+                if prefix_of != start:  # once per cluster: its batches come one after the other
+                    prefix_of = start
+                    prefix_cache = _output_cache(
+                        model(input_ids=torch.tensor([start], device=device), use_cache=True, **keep_one)
+                    )
+                cache = copy.deepcopy(prefix_cache)
+                cache.reorder_cache(torch.zeros(len(batch), dtype=torch.long, device=device))
+                cached = {_cache_argument(model): cache}
+            contexts = [groups[g][0][shared:] for g in batch]
             width = max(map(len, contexts))
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             mask = torch.zeros_like(ids)
             for r, ctx in enumerate(contexts):
                 ids[r, width - len(ctx) :], mask[r, width - len(ctx) :] = torch.tensor(ctx), 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+            mask = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
             first = model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 use_cache=True,
-                **({"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}),  # the next token only
+                **cached,
+                **keep_one,
             )
             first_lp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's 1st token
             owner = [r for r, g in enumerate(batch) for _ in groups[g][1]]
@@ -163,9 +238,7 @@ def causal_option_loglikelihoods(
             steps = max(len(o) for o in options) - 1
             rest_lp = None
             if steps > 0:
-                cache = (
-                    first["cache"] if "cache" in first else first.past_key_values
-                )  # transformers 5.2x names
+                cache = _output_cache(first)
                 index = torch.tensor(owner, device=device)
                 cache.reorder_cache(index)  # one copy of its context's cache per option
                 tail = torch.zeros((len(options), steps), dtype=torch.long)
@@ -199,6 +272,11 @@ def causal_option_loglikelihoods(
                     at += 1
                 out[g] = scores
     return out  # type: ignore[return-value]
+
+
+def _output_cache(output):
+    """The key / value cache a forward pass returned (`cache` in transformers >= 5.2x, past_key_values before)."""
+    return output["cache"] if "cache" in output else output.past_key_values
 
 
 def _takes(model, argument: str) -> bool:

@@ -489,6 +489,11 @@ class FewshotTask(Section):
         "the prompt (acc, acc_norm); generate: generate and compare with the target; loglikelihood_rolling: "
         "perplexity of a text.",
     )
+    description: str = Field(
+        "",
+        description="Put verbatim before every prompt (before its k-shot examples), e.g. an instruction ending "
+        'in "\n\n"; a format string over the columns like prompt (the harness\'s task description).',
+    )
     prompt: str = Field(
         "{text}",
         description='Python format string over the columns, e.g. "Question: {goal}\nAnswer:". Masked LMs '
@@ -519,7 +524,7 @@ class FewshotTask(Section):
     num_beams: int = Field(1, ge=1, description="generate: 1 is greedy.")
     text: str = Field("text", description="loglikelihood_rolling: column with the text.")
 
-    @field_validator("prompt", "target", "choices")
+    @field_validator("description", "prompt", "target", "choices")
     @classmethod
     def _format_string(cls, value):
         for text in [value] if isinstance(value, str) else value or []:
@@ -551,17 +556,20 @@ class Fewshot(Section):
         min_length=1,
         description="Seeds of the k-shot draws; several give mean ± std.",
     )
-    sampler: Literal["per_example", "harness"] = Field(
+    sampler: Literal["per_example", "harness", "fixed", "first_n"] = Field(
         "per_example",
         description="per_example: k examples drawn for each scored example from its own seed; harness: "
         "lm-evaluation-harness's draw (one random stream per task, in data order), so prompts equal the "
-        "harness's for the same seed.",
+        "harness's for the same seed; fixed: one draw per seed shared by every example (an example among the "
+        "shots is replaced by the next drawn), so causal LMs compute the shared prompt once; first_n: the first "
+        "k of the fewshot split, skipping the scored example (the harness's first_n).",
     )
     batch_size: int = Field(16, ge=1, description="Requests per forward pass.")
     reuse_context: bool = Field(
         True,
         description="Causal LMs: run each example's context once and share its key / value cache between the "
-        "options (same scores, less compute); false scores every (context, option) on its own.",
+        "options, and a prompt start shared by examples (fixed shots, a description) once for all of them "
+        "(same scores, less compute); false scores every (context, option) on its own.",
     )
     limit: int | None = Field(None, ge=1, description="Score only the first N examples of each task.")
     max_length: int | None = Field(
