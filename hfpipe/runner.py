@@ -54,8 +54,12 @@ class BatchSampler:
         for start in range(0, len(order), mega):
             chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        # The one short batch (the end of the last mega-batch) goes last: Accelerate's sharding of a batch
+        # across processes takes full batches only until the end.
+        short = [b for b in batches if len(b) < self.batch_size]
+        batches = [b for b in batches if len(b) == self.batch_size]
         shuffle = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i] for i in shuffle]
+        return [batches[i] for i in shuffle] + short
 
     def __iter__(self):
         return iter(self.batches())
@@ -175,6 +179,7 @@ def make_accelerator(recipe):
     """The Accelerator for a recipe (device, precision, accumulation); fails early on an impossible setup."""
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     spec = recipe.train
     if spec.precision == "fp16" and not torch.cuda.is_available():
@@ -184,6 +189,11 @@ def make_accelerator(recipe):
     return Accelerator(
         mixed_precision={"fp32": "no"}.get(spec.precision, spec.precision),
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        # Each global batch (train.batch_size x processes, drawn as one process would draw it) is split
+        # between the processes, so N processes see the batches of one process with N times the batch.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # Without a GPU, processes started by `accelerate launch` / torchrun form a gloo CPU group.
+        cpu=not torch.cuda.is_available(),
     )
 
 
@@ -237,7 +247,10 @@ def fit(
         return torch.Generator().manual_seed(spec.seed)
 
     train_ds, train_lengths = split_lengths(train_ds)
-    sampler = BatchSampler(train_lengths, spec.batch_size, spec.seed, spec.group_by_length)
+    processes = (
+        accelerator.num_processes
+    )  # train.batch_size is per process; split_batches cuts the global one
+    sampler = BatchSampler(train_lengths, spec.batch_size * processes, spec.seed, spec.group_by_length)
     padding = sampler.padding_fraction()
     log.info("training batches: %.1f%% padding", 100 * padding)
     train_dl = DataLoader(
@@ -252,7 +265,9 @@ def fit(
         eval_ds, eval_lengths = split_lengths(eval_ds)
         eval_dl = DataLoader(
             eval_ds,
-            batch_sampler=eval_batches(eval_lengths, spec.eval_batch_size or 2 * spec.batch_size),
+            batch_sampler=eval_batches(
+                eval_lengths, (spec.eval_batch_size or 2 * spec.batch_size) * processes
+            ),
             collate_fn=task.collator(tokenizer, recipe, train=False),
             num_workers=spec.num_workers,
             generator=generator(),
@@ -265,8 +280,8 @@ def fit(
     if eval_dl is not None:
         eval_dl = accelerator.prepare(eval_dl)
 
-    # Counted on the prepared (per-process) loader. The prepared scheduler steps once per process for
-    # every optimizer step, so it is built for total_steps x num_processes.
+    # Counted on the prepared loader: one global batch per iteration (split_batches), so the prepared
+    # scheduler steps once per optimizer step.
     steps_per_epoch = math.ceil(len(train_dl) / spec.gradient_accumulation_steps)
     total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -276,8 +291,8 @@ def fit(
     scheduler = get_scheduler(
         spec.scheduler if spec.scheduler != "constant" else "constant_with_warmup",
         optimizer,
-        num_warmup_steps=warmup * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
     )
     scheduler = accelerator.prepare(scheduler)
 
@@ -291,13 +306,15 @@ def fit(
             total_steps,
         )
     log.info(
-        "training: %d examples, %d epochs, %d steps (batch %d x %d accumulation, %d process(es)), warmup %d",
+        "training: %d examples, %d epochs, %d steps of %d examples (batch %d per process x %d process(es) x "
+        "%d accumulation), warmup %d",
         len(train_ds),
         num_epochs,
         total_steps,
+        spec.batch_size * processes * spec.gradient_accumulation_steps,
         spec.batch_size,
+        processes,
         spec.gradient_accumulation_steps,
-        accelerator.num_processes,
         warmup,
     )
 

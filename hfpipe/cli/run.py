@@ -22,6 +22,22 @@ def train(
         bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-processes",
+            min=1,
+            help="Train in N processes through `accelerate launch` (GPUs, or CPU processes); "
+            "train.batch_size is per process.",
+        ),
+    ] = None,
+    accelerate_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--accelerate-config",
+            help="An Accelerate config file (multi-GPU, multi-node, DeepSpeed, FSDP) for the launcher.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune or pretrain according to RECIPE; writes a Hugging Face model directory to output_dir."""
     setup_logging(verbose)
@@ -29,11 +45,56 @@ def train(
         from hfpipe.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides or [])
+        processes = num_processes or loaded.accelerate.num_processes
+        config_file = accelerate_config or loaded.accelerate.config_file
+        if (processes and processes > 1 or config_file) and "LOCAL_RANK" not in os.environ:
+            # Not yet inside a launched process: hand over to Accelerate's launcher, which starts this
+            # command again in every process.
+            args = [
+                *(overrides or []),
+                *(["--overwrite"] if overwrite else []),
+                *(["--resume"] if resume else []),
+            ]
+            raise typer.Exit(
+                _launch(recipe, args + (["--verbose"] if verbose else []), processes, config_file)
+            )
         from hfpipe.api import train as run_train
 
         run_dir = run_train(loaded, overwrite=overwrite, resume=resume)
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not per process
             _summary(run_dir)
+
+
+def _launch(recipe: Path, args: list[str], processes: int | None, config_file) -> int:
+    """Run `accelerate launch [--config_file F] [--num_processes N] -m hfpipe train RECIPE ARGS`; its exit code."""
+    import subprocess
+    import sys
+
+    from hfpipe.errors import RecipeError
+
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = dict(os.environ)
+    if config_file:
+        if not Path(config_file).is_file():
+            raise RecipeError(f"no Accelerate config file {config_file}", key="accelerate.config_file")
+        command += ["--config_file", str(config_file)]
+    if processes:
+        command += ["--num_processes", str(processes)]
+        if not config_file and processes > 1:
+            command += [
+                "--multi_gpu",
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+            ]
+            # the torchrun launcher; without GPUs the processes form a gloo CPU group. Each process gets
+            # its share of the cores rather than all of them.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    command += ["-m", "hfpipe", "train", str(recipe), *args]
+    return subprocess.call(command, env=env)
 
 
 def _summary(run_dir: Path) -> None:

@@ -588,6 +588,23 @@ class Fewshot(Section):
         return tasks
 
 
+class Launch(Section):
+    """How `hfpipe train` starts its processes (through Accelerate's launcher)."""
+
+    num_processes: int | None = Field(
+        None,
+        ge=1,
+        description="Training processes on this machine (GPUs, or CPU processes in a gloo group); more than 1 "
+        "hands the run to `accelerate launch`. train.batch_size is per process.",
+    )
+    config_file: str | None = Field(
+        None,
+        description="A standard Accelerate config file (`accelerate config`): multi-GPU, multi-node, DeepSpeed "
+        "ZeRO, FSDP; see examples/accelerate/.",
+        json_schema_extra=PATH,
+    )
+
+
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
@@ -612,6 +629,11 @@ class Recipe(Section):
         "its weights; the run directory holds the adapter and names the base model.",
     )
     fewshot: Fewshot | None = Field(None, description="Few-shot evaluation: tasks, k, seeds (task: fewshot).")
+    accelerate: Launch = Field(
+        default_factory=Launch,
+        description="Processes and Accelerate config file for `hfpipe train` (the command line's "
+        "--num-processes / --accelerate-config win).",
+    )
     output_dir: str = Field(
         description="Run directory: a Hugging Face model directory plus recipe, metrics and card.",
         json_schema_extra=PATH,

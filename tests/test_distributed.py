@@ -1,0 +1,106 @@
+"""Several processes through Accelerate: 2 CPU processes (gloo) give the run of one process with the same
+global batch, write one set of outputs, and count every evaluation example once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import RECIPES, TINY
+from safetensors.torch import load_file
+
+from hfpipe.recipe import load_recipe
+
+# Dropout off: each process draws its own dropout masks, so only a deterministic model can match.
+SETTINGS = [
+    *TINY,
+    "model.config.hidden_dropout_prob=0",
+    "model.config.attention_probs_dropout_prob=0",
+    "data.builtin.validation_size=130",  # not a multiple of the eval batch: the last one is padded
+    "data.builtin.test_size=129",
+    "train.save_every=never",
+]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
+    from hfpipe.api import train
+
+    one = train(
+        load_recipe(
+            RECIPES / "quickstart.yaml", [*SETTINGS, "train.batch_size=16", f"output_dir={tmp_path / 'one'}"]
+        )
+    )
+    command = [sys.executable, "-m", "hfpipe", "train", str(RECIPES / "quickstart.yaml"), *SETTINGS]
+    command += ["train.batch_size=8", f"output_dir={tmp_path / 'two'}", "--num-processes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two"
+    assert "16 examples (batch 8 per process x 2 process(es) x 1 accumulation)" in done.stderr
+
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert first["train"]["steps"] == second["train"]["steps"] == 192  # 1024 / 16 x 3 epochs
+    for split, size in (("validation", 130), ("test", 129)):
+        for name, value in first[split].items():
+            assert abs(value - second[split][name]) < 1e-5, (split, name)
+        # every example counted once: the padded last batch's repeats are dropped
+        correct = second[split]["accuracy"] * size
+        assert abs(correct - round(correct)) < 1e-6
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+    # One set of outputs: each step logged once, one summary.
+    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    steps = [(r["type"], r["step"]) for r in records]
+    assert len(steps) == len(set(steps)) and steps == [
+        (r["type"], r["step"]) for r in map(json.loads, (one / "metrics.jsonl").read_text().splitlines())
+    ]
+    assert done.stdout.count("run directory:") == 1
+    # The same loss at every logged step (mean over the processes' halves = the one process's mean), and
+    # the weights moved: the runs agree along the way, not only at an untrained start.
+    losses = [
+        [
+            r["loss"]
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["type"] == "train"
+        ]
+        for run in (one, two)
+    ]
+    assert len(losses[0]) > 10 and max(abs(x - y) for x, y in zip(*losses, strict=True)) < 1e-5
+    assert max(losses[0]) - min(losses[0]) > 0.01
+
+
+def test_launch_hands_over_to_accelerate(tmp_path, cli, monkeypatch):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda command, env: calls.append((command, env)) or 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    recipe = RECIPES / "quickstart.yaml"
+    assert (
+        cli("train", recipe, f"output_dir={tmp_path}", "--num-processes", "2", "--overwrite").exit_code == 0
+    )
+    command, env = calls[-1]
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in command
+    assert command[command.index("--num_processes") + 1] == "2"
+    tail = ["-m", "hfpipe", "train", str(recipe), f"output_dir={tmp_path}", "--overwrite"]
+    assert command[-6:] == tail and env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    config = RECIPES / "accelerate" / "fsdp.yaml"
+    assert cli("train", recipe, "--accelerate-config", config).exit_code == 0
+    command, _ = calls[-1]
+    assert command[command.index("--config_file") + 1] == str(config) and "--multi_gpu" not in command
+    missing = cli("train", recipe, "--accelerate-config", tmp_path / "none.yaml")
+    assert missing.exit_code == 2 and "no Accelerate config file" in missing.output
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 2 and config.compute_environment.value == "LOCAL_MACHINE"
