@@ -51,7 +51,7 @@ def bench_startup(repeat: int = 7) -> dict:
     }
 
 
-def _prepared(steps: int, batch_size: int):
+def _prepared(steps: int, batch_size: int, extra: tuple[str, ...] = ()):
     """Model, tokenizer, prepared train split and recipe of the quickstart, as `hfpipe train` builds them."""
     from hfpipe.api import _quiet_libraries
     from hfpipe.data import load_raw
@@ -73,6 +73,7 @@ def _prepared(steps: int, batch_size: int):
             "data.builtin.validation_size=0",
             "data.builtin.test_size=0",
             "output_dir=/tmp/hfpipe-bench-run",
+            *extra,
         ],
     )
     task = get_task(recipe.task)
@@ -841,10 +842,52 @@ def bench_fewshot(limit: int = 500) -> dict:
     return out
 
 
+def bench_precision(steps: int = 80, batch_size: int = 32) -> dict:
+    """The quickstart BERT trained by hfpipe's loop with each precision / attention / compile switch:
+    steady tokens/s (median of the logged windows after the first two) and the whole run's time."""
+    import shutil
+
+    import torch
+
+    from hfpipe.runner import fit
+
+    arms = {
+        "fp32 + sdpa (default)": (),
+        "fp32 + eager attention": ("model.attn_implementation=eager",),
+        "bf16 autocast": ("train.precision=bf16",),
+        "fp32 + torch.compile": ("train.compile=true",),
+    }
+    out: dict = {"steps": steps, "batch_size": batch_size, "torch_threads": torch.get_num_threads()}
+    for name, extra in arms.items():
+        recipe, task, tokenizer, model, train = _prepared(steps, batch_size, (*extra, "train.log_every=10"))
+        run_dir = Path("/tmp/hfpipe-bench-precision")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        started = time.perf_counter()
+        fit(recipe, task, model, tokenizer, train, None, run_dir)
+        wall = time.perf_counter() - started
+        windows = [
+            json.loads(line)["tokens_per_s"]
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["type"] == "train"
+        ]
+        out[name] = {
+            "steady_tokens_per_s": round(statistics.median(windows[2:]), 1),
+            "run_s": round(wall, 2),
+        }
+        print(name, out[name], file=sys.stderr, flush=True)
+    base = out["fp32 + sdpa (default)"]["steady_tokens_per_s"]
+    for name in arms:
+        out[name]["speed_vs_default"] = round(out[name]["steady_tokens_per_s"] / base, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--only", default="startup,throughput,padding,causal_lm,translation,qa,lora,fewshot")
+    parser.add_argument(
+        "--only", default="startup,throughput,padding,causal_lm,translation,qa,lora,fewshot,precision"
+    )
     args = parser.parse_args()
     out = Path(args.output)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -864,6 +907,7 @@ def main() -> None:
             "qa": bench_qa,
             "lora": bench_lora,
             "fewshot": bench_fewshot,
+            "precision": bench_precision,
         }[name]()
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     import torch

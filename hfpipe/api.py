@@ -176,7 +176,13 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
 # Sections that define what is trained; resuming with any of them changed would mix two runs.
 _RUN_DEFINING = ("task", "model", "tokenizer", "data", "peft")
 # Settings that decide which example comes in which step: a resumed run must keep them.
-_ORDER_DEFINING = ("batch_size", "gradient_accumulation_steps", "seed", "group_by_length")
+_ORDER_DEFINING = (
+    "batch_size",
+    "gradient_accumulation_steps",
+    "global_batch_size",
+    "seed",
+    "group_by_length",
+)
 RESTART = Path("/")  # sentinel of _resume_point: start again in our own unfinished run directory
 
 

@@ -96,10 +96,15 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
                 **special,
                 **head_kwargs,
             )
-            model = cls.from_config(config)
+            model = cls.from_config(config, **_attention(spec))
         except Exception as exc:  # noqa: BLE001  only recipe values go in: a wrong type, heads not dividing hidden
             raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
-        log.info("built %s from config: %s parameters", arch.model_type, f"{model.num_parameters():,}")
+        log.info(
+            "built %s from config: %s parameters, %s attention",
+            arch.model_type,
+            f"{model.num_parameters():,}",
+            model.config._attn_implementation,
+        )
         return model
     from hfpipe.adapters import is_adapter_run
 
@@ -134,6 +139,7 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             # A new label set (or a checkpoint of another head) gets a freshly initialised head.
             ignore_mismatched_sizes=True,
             use_safetensors=None if spec.allow_pickle_weights else True,
+            **_attention(spec),
         )
     except (OSError, ValueError) as exc:
         if not spec.allow_pickle_weights and _has_pickle_weights(spec.name_or_path):
@@ -154,7 +160,12 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
                 key="tokenizer.name_or_path",
             )
         model.resize_token_embeddings(len(tokenizer))
-    log.info("loaded %s: %s parameters", spec.name_or_path, f"{model.num_parameters():,}")
+    log.info(
+        "loaded %s: %s parameters, %s attention",
+        spec.name_or_path,
+        f"{model.num_parameters():,}",
+        model.config._attn_implementation,
+    )
     if recipe.peft is not None:
         from hfpipe.adapters import wrap
 
@@ -192,3 +203,8 @@ def load_run_model(run_dir, task, recipe):
         raise RunError(f"cannot load the model: {_first_line(exc)}", file=str(run_dir)) from None
     model.eval()
     return model, tokenizer
+
+
+def _attention(spec) -> dict:
+    """model.attn_implementation as the keyword transformers takes (nothing: its own default)."""
+    return {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}

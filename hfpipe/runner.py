@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -34,30 +35,40 @@ class BatchSampler:
     the order stays random. Deterministic in (seed, epoch).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> None:
+    def __init__(
+        self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool, accumulation: int = 1
+    ) -> None:
+        # batch_size is one forward pass (of all processes); a step's batch of batch_size x accumulation
+        # is drawn whole and cut into its passes, so accumulating k passes of b is one batch of k x b.
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.group_by_length = group_by_length
+        self.group_by_length, self.accumulation = group_by_length, accumulation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        size = self.batch_size
+        return [step[i : i + size] for step in self.step_batches() for i in range(0, len(step), size)]
+
+    def step_batches(self) -> list[list[int]]:
+        """The batches of the optimizer steps (batch_size x accumulation examples)."""
         import torch
 
+        size = self.batch_size * self.accumulation
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         if not self.group_by_length:
-            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        mega = self.batch_size * 50
+            return [order[i : i + size] for i in range(0, len(order), size)]
+        mega = size * 50
         batches = []
         for start in range(0, len(order), mega):
             chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
         # The one short batch (the end of the last mega-batch) goes last: Accelerate's sharding of a batch
         # across processes takes full batches only until the end.
-        short = [b for b in batches if len(b) < self.batch_size]
-        batches = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) < size]
+        batches = [b for b in batches if len(b) == size]
         shuffle = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in shuffle] + short
 
@@ -73,7 +84,9 @@ class BatchSampler:
         return 1 - real / slots if slots else 0.0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        size = self.batch_size * self.accumulation
+        full, rest = divmod(len(self.lengths), size)
+        return full * self.accumulation + math.ceil(rest / self.batch_size)
 
 
 class EvalBatches(list):
@@ -142,6 +155,16 @@ def _optimizer(model, spec):
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.adam_betas), eps=spec.adam_epsilon)
 
 
+def loss_items(batch, kind: str):
+    """How many items the batch's mean loss is over (a device tensor): examples, or target tokens."""
+    import torch
+
+    if kind == "examples" or "labels" not in batch:
+        return torch.tensor(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+    labels = batch["labels"][:, 1:] if kind == "next_tokens" else batch["labels"]
+    return (labels != -100).sum()
+
+
 def smoothed_loss(outputs, labels, smoothing: float, shift: bool):
     """Cross-entropy of the model's logits with label smoothing; -100 labels are ignored.
 
@@ -179,21 +202,30 @@ def make_accelerator(recipe):
     """The Accelerator for a recipe (device, precision, accumulation); fails early on an impossible setup."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
 
     spec = recipe.train
+    # Runs one after another in one process (the Python API, the tests): Accelerate's state is a
+    # process-wide singleton, and the previous run's precision, compile and accumulation settings must
+    # not stick to this one. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     if spec.precision == "fp16" and not torch.cuda.is_available():
         raise TrainingError(
             "precision fp16 needs a CUDA GPU; use fp32 (or bf16) on this machine", key="train.precision"
         )
     return Accelerator(
         mixed_precision={"fp32": "no"}.get(spec.precision, spec.precision),
-        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        # torchrun / accelerate launch say how many processes there will be before the Accelerator exists
+        gradient_accumulation_steps=spec.accumulation(int(os.environ.get("WORLD_SIZE", "1"))),
         # Each global batch (train.batch_size x processes, drawn as one process would draw it) is split
         # between the processes, so N processes see the batches of one process with N times the batch.
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         # Without a GPU, processes started by `accelerate launch` / torchrun form a gloo CPU group.
         cpu=not torch.cuda.is_available(),
+        # Batches change shape (dynamic padding): compile for dynamic shapes, not one graph per length.
+        dynamo_plugin=TorchDynamoPlugin(backend=spec.compile_backend, dynamic=True) if spec.compile else None,
     )
 
 
@@ -229,7 +261,7 @@ def fit(
     recipe, task, model, tokenizer, train_ds, eval_ds, run_dir: Path, accelerator=None, resume_from=None
 ) -> FitResult:
     import torch
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -250,7 +282,10 @@ def fit(
     processes = (
         accelerator.num_processes
     )  # train.batch_size is per process; split_batches cuts the global one
-    sampler = BatchSampler(train_lengths, spec.batch_size * processes, spec.seed, spec.group_by_length)
+    accumulation = accelerator.gradient_accumulation_steps
+    sampler = BatchSampler(
+        train_lengths, spec.batch_size * processes, spec.seed, spec.group_by_length, accumulation
+    )
     padding = sampler.padding_fraction()
     log.info("training batches: %.1f%% padding", 100 * padding)
     train_dl = DataLoader(
@@ -282,7 +317,7 @@ def fit(
 
     # Counted on the prepared loader: one global batch per iteration (split_batches), so the prepared
     # scheduler steps once per optimizer step.
-    steps_per_epoch = math.ceil(len(train_dl) / spec.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(len(train_dl) / accumulation)
     total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = (
@@ -311,10 +346,10 @@ def fit(
         len(train_ds),
         num_epochs,
         total_steps,
-        spec.batch_size * processes * spec.gradient_accumulation_steps,
+        spec.batch_size * processes * accumulation,
         spec.batch_size,
         processes,
-        spec.gradient_accumulation_steps,
+        accumulation,
         warmup,
     )
 
@@ -438,9 +473,10 @@ def fit(
     last_plain = state.step
     started = time.perf_counter()
     window_start = started
-    accumulation = spec.gradient_accumulation_steps
-    last_group = len(train_dl) % accumulation or accumulation
-    last_group_start = len(train_dl) - last_group if last_group != accumulation else len(train_dl)
+    # DeepSpeed keeps the gradients inside its engine (no .grad to rescale): its steps average the batches'
+    # means, as DeepSpeed does on its own.
+    normalize = processes * accumulation > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED
+    group_items = torch.zeros((), device=accelerator.device)
     stopper = _StopOnSignal(accelerator)
 
     def stop_on_signal() -> None:
@@ -480,11 +516,26 @@ def fit(
                         log.warning("skipped a batch with loss %s at step %d", loss.item(), state.step + 1)
                         optimizer.zero_grad(set_to_none=True)
                         continue
-                    # backward() divides by gradient_accumulation_steps; the epoch's last group may hold fewer
-                    # batches, and its step must still see their mean, not a fraction of it.
-                    scale = accumulation / last_group if batch_index >= last_group_start else 1.0
-                    accelerator.backward(loss * scale if scale != 1.0 else loss)
+                    if normalize:
+                        # The loss summed over this batch's items; once the step's batches are in (on every
+                        # process), the gradient becomes the mean over all of the step's items, as one batch
+                        # of them would give, however the items fall into batches and processes (an LM's
+                        # batches hold different numbers of tokens; the epoch's last group fewer batches).
+                        items = loss_items(batch, task.loss_items)
+                        group_items += items
+                        accelerator.backward(loss * items)
+                    else:
+                        accelerator.backward(loss)
                     _fault("step", state.step + 1)  # test hook: die in the middle of a step
+                    if accelerator.sync_gradients and normalize:
+                        # backward() divided by the accumulation steps and the processes' gradients were
+                        # averaged: undo both, then divide by the step's items.
+                        total = accelerator.reduce(group_items, "sum") if processes > 1 else group_items
+                        factor = processes * accumulation / total.clamp(min=1)
+                        for parameter in model.parameters():
+                            if parameter.grad is not None:
+                                parameter.grad.mul_(factor.to(parameter.grad.dtype))
+                        group_items.zero_()
                     if accelerator.sync_gradients and spec.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                     optimizer.step()

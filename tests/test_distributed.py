@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import RECIPES, TINY
 from safetensors.torch import load_file
 
@@ -104,3 +105,74 @@ def test_shipped_accelerate_configs_load(path):
 
     config = load_config_from_file(str(path))
     assert config.num_processes >= 2 and config.compute_environment.value == "LOCAL_MACHINE"
+
+
+def test_global_batch_size_derives_the_accumulation(tmp_path, cli):
+    from hfpipe.errors import RecipeError
+
+    recipe = load_recipe(RECIPES / "quickstart.yaml", ["train.batch_size=8", "train.global_batch_size=32"])
+    assert [recipe.train.accumulation(p) for p in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(RecipeError, match="32 is not a multiple of batch_size 8 x 3 process"):
+        recipe.train.accumulation(3)
+    both = cli(
+        "validate",
+        RECIPES / "quickstart.yaml",
+        "train.global_batch_size=64",
+        "train.gradient_accumulation_steps=2",
+    )
+    assert (
+        both.exit_code == 2
+        and "train.global_batch_size: give it or gradient_accumulation_steps" in both.output
+    )
+    odd = cli("validate", RECIPES / "quickstart.yaml", "train.global_batch_size=100")
+    assert odd.exit_code == 2 and "100 is not a multiple of batch_size (32, per process)" in odd.output
+
+
+def test_batches_of_a_step_are_one_draw_cut_into_passes():
+    from hfpipe.runner import BatchSampler
+
+    lengths = [(i * 37) % 50 + 1 for i in range(203)]
+    for grouped in (True, False):
+        whole = BatchSampler(lengths, 24, seed=5, group_by_length=grouped).batches()
+        passes = BatchSampler(lengths, 8, seed=5, group_by_length=grouped, accumulation=3)
+        cut = passes.batches()
+        assert len(cut) == len(passes) == 8 * 3 + 2  # 203 = 8 x 24 + 11: a last step of 8 + 3
+        assert [sum(cut[i : i + 3], []) for i in range(0, len(cut), 3)] == whole
+        assert all(len(b) == 8 for b in cut[:-1]) and len(cut[-1]) == 3  # only the very last pass is short
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "switch",
+    [
+        "train.precision=bf16",
+        "model.attn_implementation=eager",
+        # inductor generates C++ for ~2 minutes here (`make bench` runs it); eager goes through the same
+        # Accelerate compile and unwrap path
+        "train.compile=true train.compile_backend=eager",
+    ],
+)
+def test_precision_attention_and_compile_switches_train_and_save(tmp_path, switch, caplog):
+    """Each switch trains (the loss falls), and the run directory loads as a plain fp32 model."""
+    from conftest import TINY_GPT2
+    from transformers import AutoModelForCausalLM
+
+    from hfpipe.api import train
+
+    settings = [
+        *TINY_GPT2,
+        "data.builtin.validation_size=0",
+        "data.builtin.test_size=0",
+        "train.max_steps=30",
+    ]
+    settings += ["train.log_every=5", *switch.split(), f"output_dir={tmp_path / 'run'}"]
+    run = train(load_recipe(RECIPES / "gpt2-clm-pretrain.yaml", settings))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
+    model = AutoModelForCausalLM.from_pretrained(run)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    if "eager" in switch:
+        assert (
+            model.config._attn_implementation == "eager"
+            or "attn_implementation" in (run / "recipe.yaml").read_text()
+        )

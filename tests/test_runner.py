@@ -196,6 +196,46 @@ def test_accumulation_equals_a_bigger_batch_even_for_the_last_partial_group(tmp_
         assert (a[name] - b[name]).abs().max().item() < 1e-5, name
 
 
+@pytest.mark.parametrize("recipe", ["gpt2-generation.yaml", "t5-translation.yaml"])
+def test_lm_accumulation_averages_over_the_step_s_tokens(tmp_path, recipe):
+    """A causal LM (shifted labels) and an encoder-decoder whose batches hold different numbers of target
+    tokens: 6 accumulated batches of 4 give the weights of one batch of 24 (100 examples: a last step of
+    4) only if the loss is averaged over all of the step's tokens, not per batch. Measured: 8e-7 (GPT-2)
+    and 1e-7 (T5) apart; averaging per batch instead: 4e-3 and 2e-5."""
+    from conftest import TINY_GPT2
+    from safetensors.torch import load_file
+    from test_translation import TINY_T5
+
+    from hfpipe.api import train
+
+    shrink = TINY_GPT2 if recipe.startswith("gpt2") else TINY_T5
+    common = [
+        *shrink,
+        "data.builtin.train_size=100",
+        "data.builtin.validation_size=0",
+        "data.builtin.test_size=0",
+        "train.epochs=1",
+        "train.warmup_ratio=0",
+        "train.max_grad_norm=null",
+        "train.group_by_length=false",
+        "train.lr=1e-3",  # Adam's steps are ~lr whatever the gradient: small, so float noise stays small
+        "model.config.dropout_rate=0" if "t5" in recipe else "model.config.resid_pdrop=0",
+        "train.save_every=never",
+    ]
+    if "gpt2" in recipe:
+        common += ["model.config.embd_pdrop=0", "model.config.attn_pdrop=0"]
+    runs = []
+    for name, batch in (
+        ("big", ["train.batch_size=24"]),
+        ("small", ["train.batch_size=4", "train.gradient_accumulation_steps=6"]),
+    ):
+        recipe_obj = load_recipe(RECIPES / recipe, [*common, *batch, f"output_dir={tmp_path / name}"])
+        runs.append(load_file(train(recipe_obj) / "model.safetensors"))
+    big, small = runs
+    worst = max((big[k] - small[k]).abs().max().item() for k in big)
+    assert worst < 1e-5
+
+
 def test_inverse_sqrt_schedule_decays_from_the_end_of_warmup(tmp_path):
     _, _, records = _run(
         tmp_path,

@@ -47,6 +47,11 @@ class Model(Section):
         description="Load a checkpoint that has only pickle weights (*.bin / *.pt). Off: unpickling can run "
         "code, so only safetensors load unless this is set for a checkpoint you trust.",
     )
+    attn_implementation: Literal["sdpa", "eager"] | None = Field(
+        None,
+        description="Attention kernel: sdpa (PyTorch's scaled_dot_product_attention) or eager (the model's "
+        "own matmuls); default: transformers' choice for the model (sdpa where supported).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Model:
@@ -283,6 +288,13 @@ class Train(Section):
     batch_size: int = Field(32, ge=1, description="Examples per device per forward pass.")
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation (default: 2x).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Examples per optimizer step over all processes, instead of gradient_accumulation_steps: "
+        "the accumulation is derived (global_batch_size / (batch_size x processes)), so a recipe keeps its "
+        "step on any number of GPUs.",
+    )
     lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
     scheduler: Literal["linear", "cosine", "constant", "inverse_sqrt"] = Field(
         "linear",
@@ -302,6 +314,16 @@ class Train(Section):
         "fp32",
         description="Mixed precision. fp32 is the CPU default (bf16 is ~15x slower on CPUs "
         "without AMX); fp16 needs a GPU.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (dynamic shapes) through Accelerate; the first steps pay the "
+        "compilation. Measured in `make bench` (entry precision): see the README before turning it on.",
+    )
+    compile_backend: str = Field(
+        "inductor",
+        description="torch.compile backend: inductor (generated kernels; needs a C++ compiler on CPU), "
+        "aot_eager (traces forward and backward, no code generation), or another registered backend.",
     )
     eval_every: Annotated[int, Field(ge=1)] | Literal["epoch", "never"] = Field(
         "epoch", description="Evaluate every N optimizer steps, each epoch, or never."
@@ -362,7 +384,33 @@ class Train(Section):
             raise ValueError("early_stopping_patience needs evaluation: set eval_every")
         if self.scheduler == "inverse_sqrt" and not (self.warmup_steps or self.warmup_ratio):
             raise ValueError("scheduler inverse_sqrt decays from the end of warmup: set warmup_steps")
+        if self.global_batch_size is not None:
+            if self.gradient_accumulation_steps != 1:
+                raise ValueError(
+                    "@train.global_batch_size: give it or gradient_accumulation_steps, not both (the accumulation is "
+                    "derived from it)"
+                )
+            if self.global_batch_size % self.batch_size:
+                raise ValueError(
+                    f"@train.global_batch_size: {self.global_batch_size} is not a multiple of batch_size "
+                    f"({self.batch_size}, per process)"
+                )
         return self
+
+    def accumulation(self, processes: int) -> int:
+        """Forward passes per optimizer step in each of `processes` processes."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps
+        per_step = self.batch_size * processes
+        if self.global_batch_size % per_step:
+            from hfpipe.errors import RecipeError
+
+            raise RecipeError(
+                f"{self.global_batch_size} is not a multiple of batch_size {self.batch_size} x {processes} "
+                f"process(es) = {per_step}",
+                key="train.global_batch_size",
+            )
+        return self.global_batch_size // per_step
 
 
 class Generation(Section):

@@ -44,6 +44,10 @@ class Task:
     label_column: str = "labels"
     # evaluate(..., outputs=dict) fills {file name: JSON content} (e.g. predictions.json) for the run
     writes_outputs: bool = False
+    # What the head's loss averages over: "examples", "tokens" (labels other than -100) or "next_tokens"
+    # (the same, shifted: a causal LM's first label is never predicted). Gradient accumulation and several
+    # processes average over all of a step's items, as one big batch would.
+    loss_items: str = "examples"
 
 
 TASKS: dict[str, Task] = {}

@@ -181,6 +181,7 @@ CAUSAL_LM = register(
         description="GPT-style language modelling on packed blocks of text; scored by perplexity.",
         auto_model="AutoModelForCausalLM",
         peft_task_type="CAUSAL_LM",
+        loss_items="next_tokens",
         pipeline_tag="text-generation",
         configure=configure,
         training_text=training_text,

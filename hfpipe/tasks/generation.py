@@ -334,6 +334,7 @@ GENERATION = register(
         "scored by loss, exact match and chrF of generated completions.",
         auto_model="AutoModelForCausalLM",
         peft_task_type="CAUSAL_LM",
+        loss_items="next_tokens",
         pipeline_tag="text-generation",
         configure=configure,
         training_text=training_text,

@@ -156,6 +156,7 @@ MASKED_LM = register(
         description="BERT-style masked language modelling on packed blocks (80/10/10); scored by perplexity.",
         auto_model="AutoModelForMaskedLM",
         peft_task_type="FEATURE_EXTRACTION",  # PEFT has no masked-LM type; LoRA wraps the encoder alike
+        loss_items="tokens",
         pipeline_tag="fill-mask",
         configure=configure,
         training_text=training_text,

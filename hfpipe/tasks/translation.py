@@ -324,6 +324,7 @@ TRANSLATION = register(
         description="Encoder-decoder translation (T5, BART, Marian); scored by sacrebleu BLEU and chrF.",
         auto_model="AutoModelForSeq2SeqLM",
         peft_task_type="SEQ_2_SEQ_LM",
+        loss_items="tokens",
         pipeline_tag="translation",
         configure=configure,
         training_text=training_text,
