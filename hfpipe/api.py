@@ -141,6 +141,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             "steps": result.state.step,
             "epochs": round(result.state.epoch_float, 4),
             "runtime_s": round(result.train_runtime, 2),
+            "train_s": round(result.state.train_seconds, 2),  # without evaluation and checkpoints
             "examples": len(splits["train"]),
             "processes": accelerator.num_processes,
             "padding_fraction": round(result.padding_fraction, 4),

@@ -132,6 +132,8 @@ class TrainState:
     window_loss_count: int = 0
     window_tokens: int = 0
     window_examples: int = 0
+    # Seconds of training so far, without evaluation and checkpointing (carried across a resume).
+    train_seconds: float = 0.0
 
 
 def _improved(value: float, best: float | None, greater: bool, threshold: float) -> bool:
@@ -367,6 +369,25 @@ def fit(
                 {"type": kind, "step": state.step, "epoch": round(state.epoch_float, 4), **values},
             )
 
+    # Evaluation and checkpoints are timed apart from training: tokens/s and train_s are training only.
+    clock = {"started": time.perf_counter(), "before": 0.0, "excluded": 0.0, "window": 0.0}
+
+    def trained_seconds() -> float:
+        return clock["before"] + time.perf_counter() - clock["started"] - clock["excluded"]
+
+    def excluded(function):
+        def timed(*args, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - begin
+                clock["excluded"] += spent
+                clock["window"] += spent
+
+        return timed
+
+    @excluded
     def run_eval() -> dict:
         nonlocal stop
         nonlocal last_eval_step
@@ -409,10 +430,12 @@ def fit(
         log.info("eval at step %d: %s", state.step, shown)
         return metrics
 
+    @excluded
     def save_checkpoint() -> None:
         """Resumable state of every process, staged in a temporary directory, then renamed into place."""
         nonlocal last_save_step
         last_save_step = state.step
+        state.train_seconds = trained_seconds()
         root = run_dir / io.CHECKPOINTS
         final = root / f"step-{state.step:07d}"
         tmp = io.staging_dir(final) if accelerator.is_main_process else None
@@ -472,7 +495,8 @@ def fit(
     plain_every = max(spec.log_every, total_steps // 10)
     last_plain = state.step
     started = time.perf_counter()
-    window_start = started
+    window_start = clock["started"] = started
+    clock["before"] = state.train_seconds
     # DeepSpeed keeps the gradients inside its engine (no .grad to rescale): its steps average the batches'
     # means, as DeepSpeed does on its own.
     normalize = processes * accumulation > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED
@@ -560,12 +584,13 @@ def fit(
                     mean_loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
                     window_tokens = int(accelerator.reduce(tokens, "sum").item())
                     now = time.perf_counter()
-                    elapsed = max(now - window_start, 1e-9)
+                    elapsed = max(now - window_start - clock["window"], 1e-9)
                     values = {
                         "loss": mean_loss,
                         "lr": scheduler.get_last_lr()[0],
                         "examples_per_s": window_examples * accelerator.num_processes / elapsed,
                         "tokens_per_s": window_tokens / elapsed,
+                        "train_s": round(trained_seconds(), 3),
                     }
                     record("train", values)
                     if not interactive and (
@@ -591,7 +616,7 @@ def fit(
                     loss_sum.zero_()
                     tokens.zero_()
                     loss_count, window_examples = 0, 0
-                    window_start = now
+                    window_start, clock["window"] = now, 0.0
 
                 if (
                     eval_dl is not None
@@ -630,6 +655,7 @@ def fit(
         stopper.restore()  # also when training stops with an error
     bar.close()
     runtime = time.perf_counter() - started
+    state.train_seconds = trained_seconds()
     accelerator.wait_for_everyone()
 
     final = accelerator.unwrap_model(model)

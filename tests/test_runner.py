@@ -336,3 +336,27 @@ def test_label_smoothing_trains_and_is_refused_for_regression(tmp_path):
         )
     assert err.value.key == "train.label_smoothing"
     assert not (tmp_path / "reg").exists()  # refused before anything was written
+
+
+def test_training_time_leaves_out_evaluation_and_checkpoints(tmp_path, monkeypatch):
+    """train_s in the log and metrics.json counts training only: an evaluation that takes (simulated) 100 s
+    shows in runtime_s, not in train_s."""
+    import hfpipe.runner as runner
+
+    real = runner.time.perf_counter
+    offset = {"s": 0.0}
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: real() + offset["s"])
+    from hfpipe.tasks import get_task
+
+    task = get_task("classification")
+    evaluate = task.evaluate
+
+    def slow(*args, **kwargs):
+        offset["s"] += 100.0  # the clock jumps while evaluating
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(type(task), "evaluate", property(lambda self: slow), raising=False)
+    _, metrics, records = _run(tmp_path, "train.max_steps=8", "train.eval_every=4", "train.log_every=2")
+    train_s = [r["train_s"] for r in records if r["type"] == "train"]
+    assert train_s == sorted(train_s) and train_s[-1] < 50  # two evaluations: +200 s of clock
+    assert metrics["train"]["runtime_s"] >= 200 > metrics["train"]["train_s"] >= train_s[-1]
