@@ -892,16 +892,19 @@ def _prepared_recipe(name: str, overrides: list[str]):
     from hfpipe.models import build_model
     from hfpipe.recipe import load_recipe
     from hfpipe.tasks import get_task
-    from hfpipe.tokenization import train_tokenizer
+    from hfpipe.tokenization import load_tokenizer, train_tokenizer
 
     _quiet_libraries()
     recipe = load_recipe(ROOT / "recipes" / name, overrides)
     task = get_task(recipe.task)
     raw = load_raw(recipe)
     head = task.configure(raw, recipe)
-    tokenizer = train_tokenizer(
-        task.training_text(raw, recipe), recipe.tokenizer.train, recipe.model.architecture, 512
-    )
+    if recipe.tokenizer.train is not None:
+        tokenizer = train_tokenizer(
+            task.training_text(raw, recipe), recipe.tokenizer.train, recipe.model.architecture, 512
+        )
+    else:
+        tokenizer = load_tokenizer(recipe.tokenizer.name_or_path or recipe.model.name_or_path)
     model = build_model(recipe, task, tokenizer, head)
     train = task.prepare(raw, "train", tokenizer, model.config, recipe)
     return recipe, task, tokenizer, model, train
@@ -1173,12 +1176,150 @@ def bench_sst2(target: float = 0.83, max_steps: int = 400, eval_every: int = 25)
     return out
 
 
+def _matmul_peak(size: int = 2048, repeat: int = 10) -> float:
+    """FLOP/s of a large fp32 matrix multiply on this CPU (the best of a few rounds)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            a @ b
+        best = max(best, 2 * size**3 * repeat / (time.perf_counter() - start))
+    return best
+
+
+def bench_mfu(batch_size: int = 32, steps: int = 12) -> dict:
+    """Model FLOPs utilization of a training step: FLOPs of forward + backward (counted by
+    torch.utils.flop_counter on a real batch) per second of hfpipe's step, against the measured fp32
+    matrix-multiply peak of this CPU."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hfpipe.runner import BatchSampler, split_lengths
+
+    peak = _matmul_peak()
+    out: dict = {"matmul_peak_gflops": round(peak / 1e9, 1), "batch_size": batch_size}
+    models = {"quickstart BERT (2 x 128)": ("quickstart.yaml", [])}
+    minilm = _minilm_dir()
+    if minilm is not None:
+        models["all-MiniLM-L6-v2"] = (
+            "quickstart.yaml",
+            ["~model.architecture", "~model.config", "~tokenizer", f"model.name_or_path={minilm}"],
+        )
+    for name, (recipe_name, extra) in models.items():
+        overrides = [*extra, f"train.batch_size={batch_size}", "output_dir=/tmp/hfpipe-bench-mfu"]
+        recipe, task, tokenizer, model, train = _prepared_recipe(recipe_name, overrides)
+        train, lengths = split_lengths(train)
+        loader = DataLoader(
+            train,
+            batch_sampler=BatchSampler(lengths, batch_size, 0, True),
+            collate_fn=task.collator(tokenizer, recipe),
+        )
+        batches = [b for _, b in zip(range(steps + 2), loader, strict=False)]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        model.train()
+        flops = []
+        for batch in batches[:steps]:
+            with FlopCounterMode(display=False) as counter:
+                model(**batch).loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+            flops.append(counter.get_total_flops())
+        for batch in batches[:2]:  # warm-up
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        for batch in batches[:steps]:
+            model(**batch).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        achieved = sum(flops) / seconds
+        out[name] = {
+            "parameters": model.num_parameters(),
+            "gflops_per_step": round(sum(flops) / steps / 1e9, 2),
+            "step_s": round(seconds / steps, 4),
+            "achieved_gflops": round(achieved / 1e9, 1),
+            "mfu": round(achieved / peak, 3),
+        }
+        print(name, out[name], file=sys.stderr, flush=True)
+    return out
+
+
+def bench_scaling(steps: int = 150) -> dict:
+    """One process against two on this 2-core machine: the same recipe and global batch (32), hfpipe train
+    in a child (and its launcher); training examples/s (evaluation excluded)."""
+    common = ["recipes/quickstart.yaml", "--overwrite", f"train.max_steps={steps}", "train.eval_every=never"]
+    common += ["train.save_every=never", "train.early_stopping_patience=null", "data.builtin.test_size=0"]
+    out: dict = {"steps": steps, "global_batch": 32, "cpus": os.cpu_count()}
+    for processes in (1, 2):
+        args = [
+            *common,
+            f"train.batch_size={32 // processes}",
+            f"output_dir=/tmp/hfpipe-bench-scale{processes}",
+        ]
+        if processes > 1:
+            args += ["--num-processes", str(processes)]
+        metrics, _ = _train_in_child(args)
+        out[f"{processes}_process"] = {
+            "train_s": metrics["train"]["train_s"],
+            "examples_per_s": round(steps * 32 / metrics["train"]["train_s"], 1),
+        }
+    out["speedup_2_over_1"] = round(
+        out["2_process"]["examples_per_s"] / out["1_process"]["examples_per_s"], 3
+    )
+    return out
+
+
+def bench_streaming(sizes_mb: tuple[int, ...] = (10, 1000), steps: int = 150) -> dict:
+    """Peak RSS of `hfpipe train` with data.streaming on generated corpora of growing size (the same
+    steps, model, tokenizer budget): flat when the corpus grows 100x. The in-memory path on the small
+    corpus, for scale."""
+    from hfpipe.builtin_data import sentiment
+
+    work = Path("/tmp/hfpipe-bench-stream")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = sentiment(60_000, 500, 0, 3)
+    chunk = "".join(r["text"] + "\n" for r in rows["train"]).encode()
+    (work / "validation.txt").write_text("".join(r["text"] + "\n" for r in rows["validation"]))
+    out: dict = {"steps": steps, "chunk_mb": round(len(chunk) / 2**20, 2)}
+    for size in sizes_mb:
+        path = work / f"corpus-{size}mb.txt"
+        if not path.exists() or path.stat().st_size < size * 2**20:
+            with open(path, "wb") as f:
+                for _ in range(max(1, round(size * 2**20 / len(chunk)))):
+                    f.write(chunk)
+        common = ["recipes/gpt2-clm-pretrain.yaml", "--overwrite", "~data.builtin", f"data.train={path}"]
+        common += [f"data.validation={work / 'validation.txt'}", f"train.max_steps={steps}"]
+        common += ["train.eval_every=never", "train.save_every=never", "tokenizer.train.max_examples=20000"]
+        for streaming in (True, False) if size == sizes_mb[0] else (True,):
+            name = f"{size}MB {'streamed' if streaming else 'in memory'}"
+            args = [*common, f"data.streaming={str(streaming).lower()}", f"output_dir={work / 'run'}"]
+            started = time.perf_counter()
+            metrics, rss = _train_in_child(args)
+            out[name] = {
+                "file_mb": round(path.stat().st_size / 2**20, 1),
+                "peak_rss_mb": round(rss),
+                "wall_s": round(time.perf_counter() - started, 1),
+                "train_s": metrics["train"]["train_s"],
+            }
+            print(name, out[name], file=sys.stderr, flush=True)
+    small, large = (out[f"{s}MB streamed"]["peak_rss_mb"] for s in (sizes_mb[0], sizes_mb[-1]))
+    out["rss_ratio_largest_over_smallest_streamed"] = round(large / small, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument(
         "--only",
-        default="startup,throughput,padding,causal_lm,translation,qa,lora,fewshot,precision,peers,sst2",
+        default="startup,throughput,padding,causal_lm,translation,qa,lora,fewshot,precision,peers,sst2,mfu,scaling,streaming",
     )
     args = parser.parse_args()
     out = Path(args.output)
@@ -1202,6 +1343,9 @@ def main() -> None:
             "precision": bench_precision,
             "peers": bench_peers,
             "sst2": bench_sst2,
+            "mfu": bench_mfu,
+            "scaling": bench_scaling,
+            "streaming": bench_streaming,
         }[name]()
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     import torch

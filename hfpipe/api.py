@@ -92,7 +92,19 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         splits = {
             name: prepare_split(raw, name, tokenizer, model.config, recipe, task, digests)
             for name in raw.splits
+            if not (name == "train" and recipe.data.streaming)
         }
+    if recipe.data.streaming:
+        from hfpipe.streaming import PackedStream
+
+        splits["train"] = PackedStream(
+            raw.splits["train"],
+            tokenizer,
+            recipe.data.columns.text,
+            recipe.data.max_length,
+            recipe.train.seed,
+            recipe.data.shuffle_buffer,
+        )
 
     # What the run reads must survive --overwrite: the recipe, the data, a local base model or tokenizer.
     protected = [recipe.source or ""] + [f for f in raw.files]
@@ -142,7 +154,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
             "epochs": round(result.state.epoch_float, 4),
             "runtime_s": round(result.train_runtime, 2),
             "train_s": round(result.state.train_seconds, 2),  # without evaluation and checkpoints
-            "examples": len(splits["train"]),
+            "examples": None if recipe.data.streaming else len(splits["train"]),
             "processes": accelerator.num_processes,
             "padding_fraction": round(result.padding_fraction, 4),
             "skipped_nonfinite_batches": result.state.skipped_nonfinite,

@@ -369,7 +369,15 @@ def load_raw(recipe) -> RawData:
             if value is None:
                 continue
             paths = [value] if isinstance(value, str) else list(value)
-            if data.format == "parallel":
+            if split == "train" and data.streaming:
+                from hfpipe.streaming import stream_files
+
+                splits[split] = stream_files(paths)
+                if data.max_train_samples:
+                    splits[split] = splits[split].take(data.max_train_samples)
+                files += paths
+                formats += ["stream"] * len(paths)
+            elif data.format == "parallel":
                 splits[split] = _load_parallel(paths, data.source_lang, data.target_lang, files, formats)
             else:
                 splits[split] = _load_files(paths, data.format, files, formats, data.text_unit)
@@ -393,7 +401,7 @@ def load_raw(recipe) -> RawData:
             len(parts["train"]) + len(parts["test"]),
             data.validation_fraction,
         )
-    if data.max_train_samples:
+    if data.max_train_samples and not data.streaming:
         train = raw.splits["train"]
         raw.splits["train"] = train.select(range(min(data.max_train_samples, len(train))))
     if data.max_eval_samples:
@@ -438,6 +446,8 @@ def _load_hub(data) -> dict:
 def require_columns(raw: RawData, split: str, columns: list[str], keys: list[str]) -> None:
     """DataError unless the split has every column; `keys` name the recipe keys to fix it."""
     ds = raw.splits[split]
+    if ds.column_names is None:  # a stream whose columns show only when read: checked as it is read
+        return
     present = [c for c in ds.column_names if c not in (ROW, FILE)]
     for column, key in zip(columns, keys, strict=True):
         if column not in ds.column_names:

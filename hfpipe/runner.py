@@ -7,6 +7,7 @@ checkpoints and the metrics log. Reads top to bottom: setup, loop, finish.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hfpipe import io
-from hfpipe.errors import TrainingError
+from hfpipe.errors import DataError, TrainingError
 
 log = logging.getLogger("hfpipe")
 
@@ -134,6 +135,7 @@ class TrainState:
     window_examples: int = 0
     # Seconds of training so far, without evaluation and checkpointing (carried across a resume).
     train_seconds: float = 0.0
+    processes: int | None = None  # of the run that saved the checkpoint (a resume needs as many)
 
 
 def _improved(value: float, best: float | None, greater: bool, threshold: float) -> bool:
@@ -280,23 +282,33 @@ def fit(
     def generator():
         return torch.Generator().manual_seed(spec.seed)
 
-    train_ds, train_lengths = split_lengths(train_ds)
-    processes = (
-        accelerator.num_processes
-    )  # train.batch_size is per process; split_batches cuts the global one
+    # train.batch_size is per process; split_batches cuts each global batch between the processes
+    processes = accelerator.num_processes
     accumulation = accelerator.gradient_accumulation_steps
-    sampler = BatchSampler(
-        train_lengths, spec.batch_size * processes, spec.seed, spec.group_by_length, accumulation
-    )
-    padding = sampler.padding_fraction()
-    log.info("training batches: %.1f%% padding", 100 * padding)
-    train_dl = DataLoader(
-        train_ds,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=spec.num_workers,
-        generator=generator(),
-    )
+    stream = isinstance(train_ds, torch.utils.data.IterableDataset)  # data.streaming: no length, no sampler
+    if stream:
+        sampler, padding = None, 0.0
+        train_dl = DataLoader(
+            train_ds,
+            batch_size=spec.batch_size * processes,
+            collate_fn=collate,
+            num_workers=spec.num_workers,
+            generator=generator(),  # its iterators draw their seed from it, not from dropout's RNG
+        )
+    else:
+        train_ds, train_lengths = split_lengths(train_ds)
+        sampler = BatchSampler(
+            train_lengths, spec.batch_size * processes, spec.seed, spec.group_by_length, accumulation
+        )
+        padding = sampler.padding_fraction()
+        log.info("training batches: %.1f%% padding", 100 * padding)
+        train_dl = DataLoader(
+            train_ds,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=spec.num_workers,
+            generator=generator(),
+        )
     eval_dl = None
     if eval_ds is not None and len(eval_ds) > 0 and spec.eval_every != "never":
         eval_ds, eval_lengths = split_lengths(eval_ds)
@@ -319,9 +331,12 @@ def fit(
 
     # Counted on the prepared loader: one global batch per iteration (split_batches), so the prepared
     # scheduler steps once per optimizer step.
-    steps_per_epoch = math.ceil(len(train_dl) / accumulation)
-    total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    if stream:  # a pass over the stream ends when the files do; max_steps (required) decides
+        total_steps, num_epochs = spec.max_steps, 2**31
+    else:
+        steps_per_epoch = math.ceil(len(train_dl) / accumulation)
+        total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = (
         spec.warmup_steps if spec.warmup_steps is not None else math.ceil(spec.warmup_ratio * total_steps)
     )
@@ -343,10 +358,10 @@ def fit(
             total_steps,
         )
     log.info(
-        "training: %d examples, %d epochs, %d steps of %d examples (batch %d per process x %d process(es) x "
+        "training: %s, %s, %d steps of %d examples (batch %d per process x %d process(es) x "
         "%d accumulation), warmup %d",
-        len(train_ds),
-        num_epochs,
+        "a stream of blocks" if stream else f"{len(train_ds)} examples",
+        "passes as needed" if stream else f"{num_epochs} epochs",
         total_steps,
         spec.batch_size * processes * accumulation,
         spec.batch_size,
@@ -355,7 +370,7 @@ def fit(
         warmup,
     )
 
-    state = TrainState()
+    state = TrainState(processes=processes)
     metrics_log = run_dir / io.METRICS_LOG
     best_dir = run_dir / io.CHECKPOINTS / "best"
     last_eval: dict = {}
@@ -461,8 +476,14 @@ def fit(
     loss_count = window_examples = 0
     if resume_from is not None:
         # Model, optimizer, scheduler, every RNG (python, numpy, torch) and Accelerate's step counter.
-        accelerator.load_state(str(resume_from))
         state = TrainState(**json.loads((Path(resume_from) / "trainer_state.json").read_text()))
+        if state.processes not in (None, processes):
+            raise TrainingError(
+                f"the run was saved by {state.processes} process(es) and resumes in {processes}: each process "
+                "restores its own random state and share of the batches, so resume with --num-processes "
+                f"{state.processes}"
+            )
+        accelerator.load_state(str(resume_from))
         loss_sum += state.window_loss_sum
         tokens += state.window_tokens
         loss_count, window_examples = state.window_loss_count, state.window_examples
@@ -478,7 +499,7 @@ def fit(
             state.batches_in_epoch,
         )
     start_epoch, skip = state.epoch, state.batches_in_epoch
-    if skip >= len(train_dl):  # saved at the very end of an epoch
+    if not stream and skip >= len(train_dl):  # saved at the very end of an epoch
         start_epoch, skip = start_epoch + 1, 0
 
     model.train()
@@ -514,11 +535,30 @@ def fit(
             # Accelerate re-seeds the sampler with the loader's own epoch counter on every iteration, so
             # the counter itself is set; with several processes the sampler sits inside Accelerate's shard
             # wrapper, out of its reach, so it is set directly too.
-            loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+            if stream:
+                # Accelerate's loader for a stream seeds its iterator from the global torch RNG when first
+                # read, which dropout also draws from: that read happens at the start of a pass in an
+                # unbroken run but at the resume point in a resumed one. Keep it out of the global RNG, and
+                # replay the stream to the resume point through the loader itself.
+                rng = torch.get_rng_state()
+                iterator = iter(train_dl)
+                try:
+                    first = next(iterator, None)
+                except ValueError as exc:  # Accelerate's dispatcher on a stream that yields no batch
+                    if "does not contain any data" not in str(exc):
+                        raise
+                    first = None
+                torch.set_rng_state(rng)
+                loader = itertools.islice(
+                    itertools.chain([first] if first is not None else [], iterator), skip, None
+                )
+            else:
+                loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
             for dl in {id(train_dl): train_dl, id(loader): loader}.values():
                 if hasattr(dl, "set_epoch"):
                     dl.set_epoch(epoch)
-            sampler.set_epoch(epoch)
+            (train_ds if stream else sampler).set_epoch(epoch)
+            state.batches_in_epoch = skip
             for batch_index, batch in enumerate(loader, start=skip):
                 state.batches_in_epoch = batch_index + 1
                 with accelerator.accumulate(model):
@@ -576,7 +616,7 @@ def fit(
                 if not accelerator.sync_gradients:
                     continue  # still accumulating
                 state.step += 1
-                state.epoch_float = epoch + (batch_index + 1) / len(train_dl)
+                state.epoch_float = epoch + (0 if stream else (batch_index + 1) / len(train_dl))
                 bar.update(1)
 
                 if state.step % spec.log_every == 0 or state.step == total_steps:
@@ -624,12 +664,18 @@ def fit(
                     and state.step % spec.eval_every == 0
                 ):
                     last_eval = run_eval()
-                if stop or state.step >= total_steps or batch_index + 1 == len(train_dl):
+                if stop or state.step >= total_steps or (not stream and batch_index + 1 == len(train_dl)):
                     break  # an epoch's (or the run's) last step: evaluate first, then save, below
                 if isinstance(spec.save_every, int) and state.step % spec.save_every == 0:
                     save_checkpoint()
                 if stopper.requested():
                     stop_on_signal()
+            if stream and state.batches_in_epoch == 0:
+                raise DataError(
+                    "the streamed train files hold less than one global batch of blocks "
+                    f"({spec.batch_size * processes} x data.max_length tokens)",
+                    file=str(recipe.data.train),
+                )
             skip = 0
             # End of an epoch (or of training). Evaluation comes before the checkpoint, so that a run resumed
             # from it knows this evaluation. The final model is always evaluated and saved.

@@ -359,4 +359,4 @@ def test_training_time_leaves_out_evaluation_and_checkpoints(tmp_path, monkeypat
     _, metrics, records = _run(tmp_path, "train.max_steps=8", "train.eval_every=4", "train.log_every=2")
     train_s = [r["train_s"] for r in records if r["type"] == "train"]
     assert train_s == sorted(train_s) and train_s[-1] < 50  # two evaluations: +200 s of clock
-    assert metrics["train"]["runtime_s"] >= 200 > metrics["train"]["train_s"] >= train_s[-1]
+    assert metrics["train"]["runtime_s"] >= 200 > metrics["train"]["train_s"] >= train_s[-1] - 0.01

@@ -227,6 +227,14 @@ class Data(Section):
     )
     max_length: int = Field(128, ge=8, description="Truncate inputs to this many tokens.")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    streaming: bool = Field(
+        False,
+        description="causal-lm: read the train files as a stream (corpora larger than memory): shuffled in a "
+        "buffer, tokenized and packed on the fly; needs train.max_steps. Validation / test load as usual.",
+    )
+    shuffle_buffer: int = Field(
+        10_000, ge=1, description="data.streaming: documents held in the shuffling buffer."
+    )
     max_eval_samples: int | None = Field(
         None, ge=1, description="Use only the first N validation / test rows."
     )
@@ -714,6 +722,17 @@ class Recipe(Section):
                 )
         elif self.data is None:
             raise ValueError("@data: required key is missing (the examples to train on)")
+        if self.data is not None and self.data.streaming:
+            if self.task != "causal-lm":
+                raise ValueError(f"@data.streaming: streams train causal-lm (pretraining), not {self.task}")
+            if self.data.train is None:
+                raise ValueError("@data.streaming: streams data.train files (not a built-in or Hub dataset)")
+            if self.data.validation_fraction:
+                raise ValueError(
+                    "@data.validation_fraction: a stream cannot hold rows out; give data.validation files"
+                )
+            if self.train.max_steps is None:
+                raise ValueError("@train.max_steps: data.streaming needs max_steps (a stream has no length)")
         return self
 
     @model_validator(mode="after")

@@ -23,6 +23,11 @@ def configure(raw, recipe) -> dict:
 def training_text(raw, recipe):
     spec = recipe.tokenizer.train
     train = raw.splits["train"]
+    if recipe.data.streaming:  # one pass over the stream (its first max_examples documents, if set)
+        from hfpipe.streaming import stream_texts
+
+        yield from stream_texts(train, recipe.data.columns.text, spec.max_examples if spec else None)
+        return
     if spec is not None and spec.max_examples:
         train = train.select(range(min(spec.max_examples, len(train))))
     for batch in train.iter(batch_size=1000):
