@@ -979,7 +979,7 @@ def _peer_arm(arm: str, prepared) -> tuple[float, int, int]:
     return _trainer_loop(*prepared, Path("/tmp/hfpipe-bench-trainer"))
 
 
-def bench_peers(steps: int = 60, rounds: int = 3) -> dict:
+def bench_peers(steps: int = 150, rounds: int = 3) -> dict:
     """hfpipe's loop against a plain PyTorch loop and transformers.Trainer: the same model (same initial
     weights each round), examples, collator, batch size, optimizer and schedule; tokens/s of each, rounds
     interleaved, the median of the per-round ratios."""
