@@ -366,7 +366,8 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None, outputs: di
             update={"generation": recipe.generation.model_copy(update={"eval_samples": None})}
         )
     dataset, lengths = split_lengths(dataset)
-    batch_size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
+    # per process, as in training: under split_batches each batch is cut between the processes
+    batch_size = (recipe.train.eval_batch_size or 2 * recipe.train.batch_size) * accelerator.num_processes
     dl = DataLoader(
         dataset,
         batch_sampler=eval_batches(lengths, batch_size),

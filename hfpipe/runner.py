@@ -11,7 +11,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -205,7 +204,7 @@ class FitResult:
 def make_accelerator(recipe):
     """The Accelerator for a recipe (device, precision, accumulation); fails early on an impossible setup."""
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
 
@@ -221,8 +220,10 @@ def make_accelerator(recipe):
         )
     return Accelerator(
         mixed_precision={"fp32": "no"}.get(spec.precision, spec.precision),
-        # torchrun / accelerate launch say how many processes there will be before the Accelerator exists
-        gradient_accumulation_steps=spec.accumulation(int(os.environ.get("WORLD_SIZE", "1"))),
+        # the process group (torchrun / accelerate launch / mpirun) knows how many processes there are
+        gradient_accumulation_steps=spec.accumulation(
+            PartialState(cpu=not torch.cuda.is_available()).num_processes
+        ),
         # Each global batch (train.batch_size x processes, drawn as one process would draw it) is split
         # between the processes, so N processes see the batches of one process with N times the batch.
         dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -532,9 +533,12 @@ def fit(
     try:
         for epoch in range(start_epoch, num_epochs if state.step < total_steps and not stop else start_epoch):
             state.epoch = epoch
-            # Accelerate re-seeds the sampler with the loader's own epoch counter on every iteration, so
-            # the counter itself is set; with several processes the sampler sits inside Accelerate's shard
-            # wrapper, out of its reach, so it is set directly too.
+            # Accelerate re-seeds the sampler (or stream) with the loader's own epoch counter when a pass
+            # starts, so the counter itself is set, before the first read; with several processes the
+            # sampler sits inside Accelerate's shard wrapper, out of its reach, so it is set directly too.
+            if hasattr(train_dl, "set_epoch"):
+                train_dl.set_epoch(epoch)
+            (train_ds if stream else sampler).set_epoch(epoch)
             if stream:
                 # Accelerate's loader for a stream seeds its iterator from the global torch RNG when first
                 # read, which dropout also draws from: that read happens at the start of a pass in an
@@ -544,8 +548,8 @@ def fit(
                 iterator = iter(train_dl)
                 try:
                     first = next(iterator, None)
-                except ValueError as exc:  # Accelerate's dispatcher on a stream that yields no batch
-                    if "does not contain any data" not in str(exc):
+                except (ValueError, TypeError) as exc:  # Accelerate's dispatcher on a stream with no batch
+                    if "does not contain any data" not in str(exc) and "NoneType" not in str(exc):
                         raise
                     first = None
                 torch.set_rng_state(rng)
@@ -554,10 +558,9 @@ def fit(
                 )
             else:
                 loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-            for dl in {id(train_dl): train_dl, id(loader): loader}.values():
-                if hasattr(dl, "set_epoch"):
-                    dl.set_epoch(epoch)
-            (train_ds if stream else sampler).set_epoch(epoch)
+                if loader is not train_dl and hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+
             state.batches_in_epoch = skip
             for batch_index, batch in enumerate(loader, start=skip):
                 state.batches_in_epoch = batch_index + 1
@@ -569,7 +572,10 @@ def fit(
                     loss = _nan_fault(loss, state.step + 1)
                     # One sync per step: a non-finite loss must stop (or be skipped) before it reaches the
                     # weights, so that no checkpoint ever holds them.
-                    if not torch.isfinite(loss.detach()).item():
+                    bad = ~torch.isfinite(loss.detach())
+                    if processes > 1:  # every process must skip (or stop) together: they meet in all-reduces
+                        bad = accelerator.reduce(bad.float(), "sum") > 0
+                    if bad.item():
                         if spec.on_nonfinite_loss == "stop":
                             raise TrainingError(
                                 f"loss is {loss.item()} at step {state.step + 1} (epoch {epoch}, batch {batch_index}); "
@@ -578,7 +584,9 @@ def fit(
                             )
                         state.skipped_nonfinite += 1
                         log.warning("skipped a batch with loss %s at step %d", loss.item(), state.step + 1)
-                        optimizer.zero_grad(set_to_none=True)
+                        optimizer.zero_grad(set_to_none=True)  # drops the step's gradients when it ends here
+                        if accelerator.sync_gradients:
+                            group_items.zero_()
                         continue
                     if normalize:
                         # The loss summed over this batch's items; once the step's batches are in (on every
@@ -672,8 +680,8 @@ def fit(
                     stop_on_signal()
             if stream and state.batches_in_epoch == 0:
                 raise DataError(
-                    "the streamed train files hold less than one global batch of blocks "
-                    f"({spec.batch_size * processes} x data.max_length tokens)",
+                    f"the streamed train files hold no full block of data.max_length={recipe.data.max_length} "
+                    "tokens",
                     file=str(recipe.data.train),
                 )
             skip = 0

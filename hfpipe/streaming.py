@@ -22,12 +22,16 @@ BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", 
 
 def stream_files(paths: list[str]):
     """The train files as one IterableDataset (text: one row per line)."""
+    from pathlib import Path
+
     import datasets
 
     from hfpipe.data import _shown
 
     kinds = set()
     for path in paths:
+        if not Path(path).is_file():
+            raise DataError("no such file (data.train)", file=_shown(path))
         suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
         if suffix not in BUILDERS:
             raise DataError(

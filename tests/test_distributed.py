@@ -94,6 +94,10 @@ def test_launch_hands_over_to_accelerate(tmp_path, cli, monkeypatch):
     assert cli("train", recipe, "--accelerate-config", config).exit_code == 0
     command, _ = calls[-1]
     assert command[command.index("--config_file") + 1] == str(config) and "--multi_gpu" not in command
+    uneven = cli("train", recipe, "train.batch_size=8", "train.global_batch_size=48", "--num-processes", "4")
+    assert (
+        uneven.exit_code == 2 and "48 is not a multiple of batch_size 8 x 4 process(es) = 32" in uneven.output
+    )
     missing = cli("train", recipe, "--accelerate-config", tmp_path / "none.yaml")
     assert missing.exit_code == 2 and "no Accelerate config file" in missing.output
     assert len(calls) == 2
@@ -171,11 +175,10 @@ def test_precision_attention_and_compile_switches_train_and_save(tmp_path, switc
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
     model = AutoModelForCausalLM.from_pretrained(run)
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    if "eager" in switch:
-        assert (
-            model.config._attn_implementation == "eager"
-            or "attn_implementation" in (run / "recipe.yaml").read_text()
-        )
+    built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("built gpt2")]
+    assert built and built[0].endswith(
+        "eager attention" if "attn_implementation" in switch else "sdpa attention"
+    )
 
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path):

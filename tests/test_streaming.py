@@ -20,7 +20,7 @@ from hfpipe.recipe import load_recipe
 def corpus(tmp_path_factory):
     """The clm recipe's built-in sentences as text files: train (one document per line), validation."""
     root = tmp_path_factory.mktemp("corpus")
-    rows = sentiment(600, 60, 0, 7)
+    rows = sentiment(200, 60, 0, 7)
     (root / "train.txt").write_text("".join(r["text"] + "\n" for r in rows["train"]))
     (root / "validation.txt").write_text("".join(r["text"] + "\n" for r in rows["validation"]))
     return root
@@ -33,7 +33,7 @@ def settings(corpus, out, *extra):
         f"data.train={corpus / 'train.txt'}",
         f"data.validation={corpus / 'validation.txt'}",
         "data.streaming=true",
-        "train.max_steps=40",  # the 600 sentences make ~12 batches of blocks: passes over the stream
+        "train.max_steps=40",  # the 200 sentences make ~13 batches of blocks: three passes over the stream
         "train.eval_every=20",
         "train.log_every=5",
         f"output_dir={out}",
@@ -98,6 +98,8 @@ def test_streamed_training_learns_and_resumes_where_it_stopped(corpus, tmp_path)
     # there and ends with the unbroken run's weights.
     stopped = hfpipe(corpus, tmp_path / "broken", fault="sigterm:25")
     assert stopped.returncode == 130, stopped.stderr[-2000:]
+    newest = sorted((tmp_path / "broken" / "checkpoints").glob("step-*"))[-1] / "trainer_state.json"
+    assert json.loads(newest.read_text())["epoch"] >= 1  # stopped in a later pass than the first
     resumed = hfpipe(corpus, tmp_path / "broken", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (
@@ -126,4 +128,4 @@ def test_streaming_errors(corpus, tmp_path, cli):
     )
     (tmp_path / "tiny.txt").write_text("too short\n")
     short = cli("train", base, *settings(corpus, tmp_path / "s", f"data.train={tmp_path / 'tiny.txt'}"))
-    assert short.exit_code == 3 and "less than one global batch of blocks" in short.output
+    assert short.exit_code == 3 and "hold no full block of data.max_length=32 tokens" in short.output

@@ -48,6 +48,10 @@ def train(
         processes = num_processes or loaded.accelerate.num_processes
         config_file = accelerate_config or loaded.accelerate.config_file
         if (processes and processes > 1 or config_file) and "LOCAL_RANK" not in os.environ:
+            # What can be checked here fails as one line, before the processes start (an error inside them
+            # comes back through torchrun's report).
+            if processes:
+                loaded.train.accumulation(processes)
             # Not yet inside a launched process: hand over to Accelerate's launcher, which starts this
             # command again in every process.
             args = [

@@ -328,10 +328,13 @@ class Train(Section):
         description="torch.compile the model (dynamic shapes) through Accelerate; the first steps pay the "
         "compilation. Measured in `make bench` (entry precision): see the README before turning it on.",
     )
-    compile_backend: str = Field(
+    compile_backend: Literal[
+        "inductor", "aot_eager", "eager", "cudagraphs", "onnxrt", "tensorrt", "tvm", "ofi", "fx2trt"
+    ] = Field(
         "inductor",
-        description="torch.compile backend: inductor (generated kernels; needs a C++ compiler on CPU), "
-        "aot_eager (traces forward and backward, no code generation), or another registered backend.",
+        description="torch.compile backend (Accelerate's names): inductor (generated kernels; needs a C++ "
+        "compiler on CPU), aot_eager (traces forward and backward, no code generation), eager (graph capture "
+        "only), or a GPU / external one.",
     )
     eval_every: Annotated[int, Field(ge=1)] | Literal["epoch", "never"] = Field(
         "epoch", description="Evaluate every N optimizer steps, each epoch, or never."
