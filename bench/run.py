@@ -910,6 +910,17 @@ def _prepared_recipe(name: str, overrides: list[str]):
     return recipe, task, tokenizer, model, train
 
 
+# transformers.Trainer arms: no checkpoints, no evaluation of its own, no trackers, no bar, this CPU.
+TRAINER_BENCH_ARGS = {
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "report_to": [],
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "dataloader_num_workers": 0,
+}
+
+
 def _trainer_loop(recipe, task, tokenizer, model, train, workdir: Path) -> tuple[float, int, int]:
     """transformers.Trainer on the same model, examples, collator, batch size, optimizer settings and
     schedule; its own sampler (random, or its group_by_length when the recipe groups)."""
@@ -949,12 +960,7 @@ def _trainer_loop(recipe, task, tokenizer, model, train, workdir: Path) -> tuple
         seed=spec.seed,
         train_sampling_strategy="group_by_length" if spec.group_by_length else "random",
         logging_steps=max(spec.max_steps, 1),
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **TRAINER_BENCH_ARGS,
         remove_unused_columns=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=counting)
@@ -1106,12 +1112,7 @@ def _trainer_to_accuracy(model_dir, padded: bool, target: float, spec: dict, bud
         seed=spec["seed"],
         train_sampling_strategy="random" if padded else "group_by_length",
         logging_steps=spec["max_steps"],
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **TRAINER_BENCH_ARGS,
     )
     Trainer(
         model=model, args=args, train_dataset=train, data_collator=collate, callbacks=[ToTarget()]

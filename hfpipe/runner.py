@@ -289,13 +289,7 @@ def fit(
     stream = isinstance(train_ds, torch.utils.data.IterableDataset)  # data.streaming: no length, no sampler
     if stream:
         sampler, padding = None, 0.0
-        train_dl = DataLoader(
-            train_ds,
-            batch_size=spec.batch_size * processes,
-            collate_fn=collate,
-            num_workers=spec.num_workers,
-            generator=generator(),  # its iterators draw their seed from it, not from dropout's RNG
-        )
+        batching = {"batch_size": spec.batch_size * processes}
     else:
         train_ds, train_lengths = split_lengths(train_ds)
         sampler = BatchSampler(
@@ -303,13 +297,10 @@ def fit(
         )
         padding = sampler.padding_fraction()
         log.info("training batches: %.1f%% padding", 100 * padding)
-        train_dl = DataLoader(
-            train_ds,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=spec.num_workers,
-            generator=generator(),
-        )
+        batching = {"batch_sampler": sampler}
+    train_dl = DataLoader(
+        train_ds, **batching, collate_fn=collate, num_workers=spec.num_workers, generator=generator()
+    )
     eval_dl = None
     if eval_ds is not None and len(eval_ds) > 0 and spec.eval_every != "never":
         eval_ds, eval_lengths = split_lengths(eval_ds)
