@@ -1067,7 +1067,8 @@ def _trainer_to_accuracy(model_dir, padded: bool, target: float, spec: dict, bud
     dev = tokenizer(dev_texts, truncation=True, max_length=128)
     set_seed(spec["seed"])
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-    collate = default_data_collator if padded else DataCollatorWithPadding(tokenizer)
+    pad = DataCollatorWithPadding(tokenizer)
+    collate = default_data_collator if padded else pad
     history: list[dict] = []
     clock = {"start": 0.0, "excluded": 0.0}
 
@@ -1077,7 +1078,7 @@ def _trainer_to_accuracy(model_dir, padded: bool, target: float, spec: dict, bud
         with torch.no_grad():
             for at in range(0, len(dev_labels), 128):
                 rows = [{k: dev[k][i] for k in dev} for i in range(at, min(at + 128, len(dev_labels)))]
-                batch = DataCollatorWithPadding(tokenizer)(rows)
+                batch = pad(rows)
                 predicted = model(**batch).logits.argmax(-1)
                 right += int((predicted == torch.tensor(dev_labels[at : at + 128])).sum())
         model.train()

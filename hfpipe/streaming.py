@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+import torch  # imported by training only: `hfpipe validate` never loads this module
+
 from hfpipe.errors import DataError
 
 log = logging.getLogger("hfpipe")
@@ -60,13 +62,7 @@ def stream_texts(source, column: str, limit: int | None = None):
                 return
 
 
-def _torch_iterable():
-    import torch
-
-    return torch.utils.data.IterableDataset
-
-
-class PackedStream(_torch_iterable()):  # type: ignore[misc]
+class PackedStream(torch.utils.data.IterableDataset):
     """Blocks of `block_size` tokens from a shuffled document stream; set_epoch reshuffles."""
 
     def __init__(self, source, tokenizer, column: str, block_size: int, seed: int, buffer: int) -> None:

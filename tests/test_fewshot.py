@@ -13,6 +13,14 @@ from hfpipe.fewshot import Prompts, _choice_metrics, load_splits, scoring
 from hfpipe.recipe import load_recipe
 
 
+@pytest.fixture(scope="module")
+def gpt2(clm_run):
+    """(tokenizer, model in eval mode) of the session's tiny GPT-2 run, loaded once for this module."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(clm_run), AutoModelForCausalLM.from_pretrained(clm_run).eval()
+
+
 def fewshot_recipe(tmp_path, base, *overrides, name="fewshot-gpt2-sentiment.yaml"):
     return load_recipe(
         RECIPES / name, [f"model.name_or_path={base}", *overrides, f"output_dir={tmp_path / 'fewshot'}"]
@@ -53,11 +61,8 @@ def test_rolling_windows_score_every_token_once():
     assert scoring.rolling_windows([], 99, 4) == []
 
 
-def test_batched_loglikelihoods_equal_one_at_a_time(clm_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(clm_run)
-    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+def test_batched_loglikelihoods_equal_one_at_a_time(gpt2):
+    tok, model = gpt2
     texts = [
         ("The cast was", " superb."),
         ("What a boring film! Sentiment:", " negative"),
@@ -156,11 +161,8 @@ def test_option_scores_are_the_direct_computation(tmp_path, clm_run):
     assert metrics["acc"] == right / 6
 
 
-def test_generation_stops_at_the_stop_strings(clm_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(clm_run)
-    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+def test_generation_stops_at_the_stop_strings(gpt2):
+    tok, model = gpt2
     prompts = ["The cast was", "What a"]
     free = scoring.generate(model, tok, prompts, [], {"max_new_tokens": 12}, 2)
     stopped = scoring.generate(model, tok, prompts, [" "], {"max_new_tokens": 12}, 2)
@@ -234,11 +236,8 @@ def test_masked_lm_cloze_scores_the_mask(tmp_path, tiny_run):
         score_choices(model, tok, "masked", prompts, contexts, recipe.fewshot)
 
 
-def test_shared_context_cache_gives_the_plain_scores(clm_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(clm_run)
-    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+def test_shared_context_cache_gives_the_plain_scores(gpt2):
+    tok, model = gpt2
     cases = [
         ("The cast was", [" superb.", " dull and far too long.", " fine"]),
         ("What a film! Sentiment:", [" negative", " positive"]),
@@ -278,11 +277,8 @@ def test_shared_prefixes_cluster_contexts_by_their_common_start():
     assert scoring.shared_prefixes([]) == [] and scoring.shared_prefixes([[1]]) == [(0, [0])]
 
 
-def test_shared_prefix_cache_gives_the_plain_scores_and_runs_once(clm_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(clm_run)
-    model = AutoModelForCausalLM.from_pretrained(clm_run).eval()
+def test_shared_prefix_cache_gives_the_plain_scores_and_runs_once(gpt2):
+    tok, model = gpt2
     shots = tok("The cast was superb. positive\n\nWhat a dull film. negative\n\n")["input_ids"][:18]
     endings = [[40, 41], [42], [43, 44, 45, 46], [47], [48, 49, 50]]  # token ids: after the shots
     options = [[[60], [61, 62]], [[63, 64, 65], [60]], [[61], [62], [66]], [[60], [61]], [[67, 68], [60]]]
@@ -296,18 +292,22 @@ def test_shared_prefix_cache_gives_the_plain_scores_and_runs_once(clm_run):
     hook = model.register_forward_pre_hook(
         lambda _, args, kwargs: tokens.append(kwargs["input_ids"].numel()), with_kwargs=True
     )
-    plain = [scoring.causal_loglikelihoods(model, [(c, o) for o in opts], 1, 32) for c, opts in groups]
-    for batch_size in (1, 3, 16):
-        tokens.clear()
-        got = scoring.causal_option_loglikelihoods(model, groups, batch_size, 32)
-        for want, scores in zip(plain, got, strict=True):
-            assert all(abs(a[0] - b[0]) < 1e-5 and a[1] == b[1] for a, b in zip(scores, want, strict=True))
-        shared_tokens = sum(tokens)
-        tokens.clear()
-        scoring.causal_option_loglikelihoods(model, groups, batch_size, 32, share_prefixes=False)
-        # the prefix ran once instead of once per context (padding aside)
-        assert sum(tokens) - shared_tokens >= 4 * prefix, (batch_size, sum(tokens), shared_tokens)
-    hook.remove()
+    try:  # the model is shared by the module's tests: the counting hook must not outlive this one
+        plain = [scoring.causal_loglikelihoods(model, [(c, o) for o in opts], 1, 32) for c, opts in groups]
+        for batch_size in (1, 3, 16):
+            tokens.clear()
+            got = scoring.causal_option_loglikelihoods(model, groups, batch_size, 32)
+            for want, scores in zip(plain, got, strict=True):
+                assert all(
+                    abs(a[0] - b[0]) < 1e-5 and a[1] == b[1] for a, b in zip(scores, want, strict=True)
+                )
+            shared_tokens = sum(tokens)
+            tokens.clear()
+            scoring.causal_option_loglikelihoods(model, groups, batch_size, 32, share_prefixes=False)
+            # the prefix ran once instead of once per context (padding aside)
+            assert sum(tokens) - shared_tokens >= 4 * prefix, (batch_size, sum(tokens), shared_tokens)
+    finally:
+        hook.remove()
 
 
 def test_encoder_decoder_scores_the_option_as_the_target(t5_run):  # noqa: F811
