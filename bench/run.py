@@ -7,7 +7,8 @@ Causal LM: a small GPT-2 on tinyshakespeare, tokens/s against plain PyTorch and 
     .venv/bin/python bench/run.py --only causal_lm --output /tmp/causal_bench.json
 
 Throughput is compared as a ratio measured in one process, alternating the two loops (A B A B) on the
-same model, batches and optimizer, because runs of the same command on this machine vary by ~15%.
+same model, batches and optimizer, because runs of the same command on this machine vary by ~15%. The
+peers bench goes further: it times every step and takes each step's median over rounds (bench_peers).
 """
 
 from __future__ import annotations
@@ -921,26 +922,43 @@ TRAINER_BENCH_ARGS = {
 }
 
 
-def _trainer_loop(recipe, task, tokenizer, model, train, workdir: Path) -> tuple[float, int, int]:
+class _PlannedOrder:
+    """A Trainer sampler that yields hfpipe's batches (flattened) epoch by epoch: the same batches, in
+    the same order, as hfpipe's loop and the plain loop draw."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return (i for batch in self.sampler.batches() for i in batch)
+
+    def __len__(self) -> int:
+        return len(self.sampler.lengths)
+
+
+def _trainer_loop(
+    recipe, task, tokenizer, model, train, workdir: Path, same_batches: bool = False
+) -> tuple[float, int, int]:
     """transformers.Trainer on the same model, examples, collator, batch size, optimizer settings and
-    schedule; its own sampler (random, or its group_by_length when the recipe groups)."""
+    schedule. Its own sampler (random, or its group_by_length when the recipe groups), or with
+    `same_batches` hfpipe's batches in hfpipe's order."""
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from hfpipe.runner import split_lengths
+    from hfpipe.runner import BatchSampler, split_lengths
 
     spec = recipe.train
-    train, _ = split_lengths(train)
+    train, lengths = split_lengths(train)
     collate = task.collator(tokenizer, recipe)
     seen = {"examples": 0, "tokens": 0}
 
     def counting(features):
         batch = collate(features)
         seen["examples"] += batch["input_ids"].shape[0]
-        mask = batch.get("attention_mask")
-        seen["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        if "decoder_input_ids" in batch or getattr(model.config, "is_encoder_decoder", False):
-            seen["tokens"] += int((batch["labels"] != -100).sum())
+        seen["tokens"] += _batch_tokens(batch, model)
         return batch
 
     args = TrainingArguments(
@@ -963,11 +981,30 @@ def _trainer_loop(recipe, task, tokenizer, model, train, workdir: Path) -> tuple
         **TRAINER_BENCH_ARGS,
         remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=counting)
+    trainer_class = Trainer
+    if same_batches:
+        planned = _PlannedOrder(BatchSampler(lengths, spec.batch_size, spec.seed, spec.group_by_length))
+
+        class PlannedTrainer(Trainer):
+            def _get_train_sampler(self, train_dataset=None):
+                return planned
+
+        trainer_class = PlannedTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train, data_collator=counting)
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start, seen["examples"], seen["tokens"]
+
+
+def _batch_tokens(batch, model) -> int:
+    """Tokens of a batch as hfpipe counts them: real tokens (every token of packed blocks), and for an
+    encoder-decoder the target tokens too."""
+    mask = batch.get("attention_mask")
+    tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    if getattr(model.config, "is_encoder_decoder", False):
+        tokens += int((batch["labels"] != -100).sum())
+    return tokens
 
 
 PEER_TASKS = {  # recipe, overrides (data sizes, steps), what it is
@@ -975,6 +1012,7 @@ PEER_TASKS = {  # recipe, overrides (data sizes, steps), what it is
     "causal-lm": ("gpt2-clm-pretrain.yaml", [], "GPT-2 of gpt2-clm-pretrain.yaml"),
     "translation": ("marian-translation.yaml", [], "Marian of marian-translation.yaml"),
 }
+PEER_ARMS = ("hfpipe", "plain", "trainer", "trainer-defaults")
 
 
 def _peer_arm(arm: str, prepared) -> tuple[float, int, int]:
@@ -982,19 +1020,63 @@ def _peer_arm(arm: str, prepared) -> tuple[float, int, int]:
         return _hfpipe_loop(*prepared, Path("/tmp/hfpipe-bench-peers"))
     if arm == "plain":
         return _plain_loop(*prepared)
-    return _trainer_loop(*prepared, Path("/tmp/hfpipe-bench-trainer"))
+    return _trainer_loop(*prepared, Path("/tmp/hfpipe-bench-trainer"), same_batches=arm == "trainer")
 
 
-def bench_peers(steps: int = 150, rounds: int = 3) -> dict:
-    """hfpipe's loop against a plain PyTorch loop and transformers.Trainer: the same model (same initial
-    weights each round), examples, collator, batch size, optimizer and schedule; tokens/s of each, rounds
-    interleaved, the median of the per-round ratios."""
+class _StepClock:
+    """Time stamps at the end of every optimizer step of any loop (a global optimizer post-hook), and the
+    tokens of every batch the task's collator makes, in order (a loop's i-th step trains its i-th batch,
+    even when its loader fetches one batch ahead)."""
+
+    def __init__(self, task, model) -> None:
+        import dataclasses
+
+        self.model = model
+        self.stamps: list[float] = []
+        self.tokens: list[int] = []
+
+        def collator(*args, **kwargs):
+            collate = task.collator(*args, **kwargs)
+
+            def counting(features):
+                batch = collate(features)
+                self.tokens.append(_batch_tokens(batch, model))
+                return batch
+
+            return counting
+
+        self.task = dataclasses.replace(task, collator=collator)  # the task, its batches counted
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.handle = register_optimizer_step_post_hook(lambda *_: self.stamps.append(time.perf_counter()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> dict:
+    """hfpipe's loop against a plain PyTorch loop and transformers.Trainer on the same model (the same
+    initial weights each round), examples, collator, batch size, optimizer settings and schedule.
+
+    Arms: "plain" (a hand-written loop) and "trainer" train exactly hfpipe's batches in hfpipe's order, so
+    step i costs the same compute in the three and what differs is the loop; "trainer-defaults" is Trainer
+    as people run it, with its random sampler (no length grouping), on the same examples.
+
+    Runs on this machine drift by up to 30% for seconds at a time, so whole-run times of back-to-back runs
+    disagree by more than the loops do. Every step is timed instead (optimizer step to optimizer step,
+    after `warmup_steps`); each arm's step i takes the median of its rounds (rounds interleave the arms),
+    and tokens/s is the steps' tokens over the sum of those medians.
+    """
     import copy
     import shutil
 
     import torch
 
-    out: dict = {"steps": steps, "rounds": rounds, "torch_threads": torch.get_num_threads()}
+    out: dict = {"steps": steps, "rounds": rounds, "warmup_steps": warmup_steps}
+    out["torch_threads"] = torch.get_num_threads()
     for name, (recipe_name, extra, what) in PEER_TASKS.items():
         overrides = [*extra, f"train.max_steps={steps}", "train.eval_every=never", "train.save_every=never"]
         overrides += [
@@ -1004,29 +1086,40 @@ def bench_peers(steps: int = 150, rounds: int = 3) -> dict:
         ]
         recipe, task, tokenizer, model, train = _prepared_recipe(recipe_name, overrides)
         initial = copy.deepcopy(model.state_dict())
-        prepared = (recipe, task, tokenizer, model, train)
-        arms = ("hfpipe", "plain", "trainer")
-        runs: dict[str, list[float]] = {arm: [] for arm in arms}
+        times: dict[str, list[list[float]]] = {arm: [] for arm in PEER_ARMS}  # per round, per step
+        tokens: dict[str, list[int]] = {}
+        window: dict[str, list[float]] = {arm: [] for arm in PEER_ARMS}  # per round: tokens/s
         for round_index in range(rounds + 1):  # round 0 warms up (allocator, kernels, imports)
-            for arm in arms:
+            for arm in PEER_ARMS:
                 model.load_state_dict(initial)
                 shutil.rmtree("/tmp/hfpipe-bench-peers", ignore_errors=True)
                 Path("/tmp/hfpipe-bench-peers").mkdir(parents=True)
-                seconds, _, tokens = _peer_arm(arm, prepared)
-                if round_index:
-                    runs[arm].append(tokens / seconds)
-        ratio = {
-            other: round(
-                statistics.median(h / o for h, o in zip(runs["hfpipe"], runs[other], strict=True)), 3
-            )
-            for other in ("plain", "trainer")
+                with _StepClock(task, model) as clock:
+                    _peer_arm(arm, (recipe, clock.task, tokenizer, model, train))
+                if len(clock.stamps) != steps or len(clock.tokens) < steps:
+                    raise RuntimeError(f"{arm}: {len(clock.stamps)} steps timed, {len(clock.tokens)} batches")
+                if not round_index:
+                    continue
+                stamps = clock.stamps[warmup_steps - 1 :]
+                times[arm].append([b - a for a, b in zip(stamps, stamps[1:], strict=False)])
+                step_tokens = clock.tokens[warmup_steps:steps]
+                if tokens.setdefault(arm, step_tokens) != step_tokens:
+                    raise RuntimeError(f"{arm}: the batches changed between rounds")
+                window[arm].append(sum(step_tokens) / (stamps[-1] - stamps[0]))
+        if tokens["plain"] != tokens["hfpipe"] or tokens["trainer"] != tokens["hfpipe"]:
+            raise RuntimeError("plain / trainer did not train hfpipe's batches")
+        speed = {
+            arm: sum(tokens[arm]) / sum(statistics.median(step) for step in zip(*times[arm], strict=True))
+            for arm in PEER_ARMS
         }
         out[name] = {
             "model": f"{what}: {model.num_parameters():,} parameters",
             "batch_size": recipe.train.batch_size,
-            "tokens_per_s": {arm: round(statistics.median(v), 1) for arm, v in runs.items()},
-            "hfpipe_over_plain": ratio["plain"],
-            "hfpipe_over_trainer": ratio["trainer"],
+            "tokens_per_s": {arm: round(v, 1) for arm, v in speed.items()},
+            "tokens_per_s_per_round": {arm: [round(v) for v in values] for arm, values in window.items()},
+            "hfpipe_over_plain": round(speed["hfpipe"] / speed["plain"], 3),
+            "hfpipe_over_trainer_same_batches": round(speed["hfpipe"] / speed["trainer"], 3),
+            "hfpipe_over_trainer_defaults": round(speed["hfpipe"] / speed["trainer-defaults"], 3),
         }
         print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
     return out
