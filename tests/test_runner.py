@@ -360,3 +360,22 @@ def test_training_time_leaves_out_evaluation_and_checkpoints(tmp_path, monkeypat
     train_s = [r["train_s"] for r in records if r["type"] == "train"]
     assert train_s == sorted(train_s) and train_s[-1] < 50  # two evaluations: +200 s of clock
     assert metrics["train"]["runtime_s"] >= 200 > metrics["train"]["train_s"] >= train_s[-1] - 0.01
+
+
+def test_optimizer_is_fused_adamw_without_decay_on_biases_and_norms():
+    """PyTorch's fused AdamW (one kernel for every tensor) on CPU; the usual weight-decay split."""
+    import torch
+
+    from hfpipe.runner import _optimizer
+
+    recipe = load_recipe(RECIPES / "quickstart.yaml", ["train.weight_decay=0.01"])
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = _optimizer(model, recipe.train)
+    assert optimizer.defaults["fused"] is True
+    decay, no_decay = optimizer.param_groups
+    assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["weight_decay"] == 0.01
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    before = model[0].weight.detach().clone()
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, model[0].weight)
