@@ -255,7 +255,14 @@ def test_cli_commands_take_adapter_runs(tiny_run, clm_run, cli, tmp_path, monkey
     result = cli("merge", run, merged)
     assert result.exit_code == 0 and "merged model" in result.output
     texts = ["--text", "a wonderful, moving film", "--text", "dull and far too long"]
-    assert cli("predict", run, *texts).output == cli("predict", merged, *texts).output
+    adapter_rows, merged_rows = (
+        [json.loads(line) for line in cli("predict", where, *texts).output.splitlines()]
+        for where in (run, merged)
+    )
+    assert [r["label"] for r in adapter_rows] == [r["label"] for r in merged_rows]
+    assert all(
+        abs(a["score"] - m["score"]) < 1e-5 for a, m in zip(adapter_rows, merged_rows, strict=True)
+    )  # merging moves the weights' rounding, not the predictions
     first, second = cli("evaluate", run), cli("evaluate", merged)
     assert first.exit_code == 0 and first.output == second.output
     again = cli("merge", run, merged)
