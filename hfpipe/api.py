@@ -203,12 +203,12 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (--resume or train.resume: auto), or None to start afresh."""
     import shutil
 
-    from hfpipe.errors import RecipeError, TrainingError
+    from hfpipe.errors import RecipeError, UsageError
     from hfpipe.recipe.load import _read_yaml
     from hfpipe.runner import latest_checkpoint
 
     if explicit and overwrite:
-        raise TrainingError("--resume and --overwrite contradict each other; pick one")
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
     if overwrite or not (explicit or recipe.train.resume == "auto"):
         return None  # --overwrite wins over train.resume: auto
     run_dir = Path(recipe.output_dir).resolve()
@@ -218,7 +218,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
             log.warning("%s: the run stopped before its first checkpoint; starting it again", run_dir)
             return RESTART
         if explicit and run_dir.is_dir() and any(run_dir.iterdir()):
-            raise TrainingError(
+            raise UsageError(
                 f"{run_dir} holds no complete checkpoint to resume from (set train.save_every)",
                 key="output_dir",
             )
@@ -690,7 +690,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
     import torch
 
     from hfpipe.adapters import ADAPTER_CONFIG, is_adapter_run, max_output_difference, probe_inputs
-    from hfpipe.errors import TrainingError
+    from hfpipe.errors import HfpipeError
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if run_dir.is_dir() and (run_dir / "config.json").exists() and not is_adapter_run(run_dir):
@@ -717,7 +717,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
         1e-4 if dtype == torch.float32 else 1e-2 * max(1.0, max_output_difference(before, {}, absolute=True))
     )
     if difference > tolerance:
-        raise TrainingError(
+        raise HfpipeError(
             f"the merged model's outputs differ from the adapter's by {difference:.2e} (more than {tolerance:.0e})",
             file=str(run_dir),
         )

@@ -2,6 +2,10 @@
 
 Library code raises these and never exits; the CLI prints ``str(error)`` on one line and exits with
 ``error.exit_code``. Anything else escaping is a bug in hfpipe and keeps its traceback.
+
+The exit-code contract (README "Exit codes"; tests/test_exit_codes.py):
+    0 success · 1 any other failure · 2 recipe or usage error · 3 data error · 4 training diverged ·
+    5 a --fail-under gate failed · 130 interrupted (a checkpoint was saved when training)
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ class RecipeError(HfpipeError):
         return [self, *self.more]
 
 
+class UsageError(HfpipeError):
+    """The command cannot run as asked (an occupied output directory, a run directory that is not a run,
+    flags that contradict each other). Exit code 2, as a recipe error: fix the command, then rerun."""
+
+    exit_code = 2
+    kind = "usage error"
+
+
 class DataError(HfpipeError):
     """The data named by the recipe cannot be used as it is (file, line or row, column). Exit code 3."""
 
@@ -57,17 +69,23 @@ class DataError(HfpipeError):
 
 
 class TrainingError(HfpipeError):
-    """Training cannot start or continue (output directory, device, non-finite loss). Exit code 4."""
+    """Training diverged: a non-finite loss with train.on_nonfinite_loss: stop. Exit code 4."""
 
     exit_code = 4
     kind = "training error"
 
 
-class RunError(HfpipeError):
-    """A run directory given to predict / evaluate is missing or incomplete. Exit code 5."""
+class RunError(UsageError):
+    """A run directory given to a command is missing, incomplete or of the wrong kind. Exit code 2."""
+
+    kind = "run error"
+
+
+class GateFailed(HfpipeError):
+    """A --fail-under gate: the run worked, a metric came out below its threshold. Exit code 5."""
 
     exit_code = 5
-    kind = "run error"
+    kind = "gate failed"
 
 
 def did_you_mean(word: str, options) -> str:

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hfpipe.errors import TrainingError
+from hfpipe.errors import UsageError
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.json"
@@ -51,28 +51,28 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[st
     if root is not None:
         forbidden.add(root)
     if out in forbidden:
-        raise TrainingError(
+        raise UsageError(
             f"refusing to use {out} as output_dir (it is / , the home directory or the "
             "repository root); pick a subdirectory",
             key="output_dir",
         )
     if out.exists() and not out.is_dir():
-        raise TrainingError(f"{out} exists and is not a directory", key="output_dir")
+        raise UsageError(f"{out} exists and is not a directory", key="output_dir")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise TrainingError(
+            raise UsageError(
                 f"{out} already holds files; pass --overwrite to replace that run (or change output_dir)",
                 key="output_dir",
             )
         if not (out / MARKER).exists():
-            raise TrainingError(
+            raise UsageError(
                 f"{out} was not created by hfpipe train (no {MARKER}); refusing to delete what is in it, "
                 "even with --overwrite",
                 key="output_dir",
             )
         for item in protected:
             if Path(item).resolve().is_relative_to(out):
-                raise TrainingError(
+                raise UsageError(
                     f"{out} holds {item}, which this run reads; refusing to delete it", key="output_dir"
                 )
         for child in out.iterdir():

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hfpipe import io
-from hfpipe.errors import DataError, TrainingError
+from hfpipe.errors import DataError, HfpipeError, RecipeError, TrainingError, UsageError
 
 log = logging.getLogger("hfpipe")
 
@@ -222,7 +222,7 @@ def make_accelerator(recipe):
     AcceleratorState._reset_state()
     GradientState._reset_state()
     if spec.precision == "fp16" and not torch.cuda.is_available():
-        raise TrainingError(
+        raise RecipeError(
             "precision fp16 needs a CUDA GPU; use fp32 (or bf16) on this machine", key="train.precision"
         )
     return Accelerator(
@@ -477,7 +477,7 @@ def fit(
         # Model, optimizer, scheduler, every RNG (python, numpy, torch) and Accelerate's step counter.
         state = TrainState(**json.loads((Path(resume_from) / "trainer_state.json").read_text()))
         if state.processes not in (None, processes):
-            raise TrainingError(
+            raise UsageError(
                 f"the run was saved by {state.processes} process(es) and resumes in {processes}: each process "
                 "restores its own random state and share of the batches, so resume with --num-processes "
                 f"{state.processes}"
@@ -730,7 +730,7 @@ def fit(
     )
 
 
-class TrainingInterrupted(TrainingError):
+class TrainingInterrupted(HfpipeError):
     """SIGTERM / Ctrl-C: a checkpoint was saved at a step boundary; the run can be resumed."""
 
     exit_code = 130

@@ -87,12 +87,12 @@ def test_train_data_error_exits_3(cli, tmp_path):
 
 def test_train_refuses_to_overwrite_a_run(cli, tmp_path, tiny_run):
     result = cli("train", RECIPES / "quickstart.yaml", f"output_dir={tiny_run}")
-    assert result.exit_code == 4
+    assert result.exit_code == 2
     assert "--overwrite" in result.output
     stranger = tmp_path / "not_a_run"
     write(stranger / "precious.txt", "keep me")
     result = cli("train", RECIPES / "quickstart.yaml", *TINY, f"output_dir={stranger}", "--overwrite")
-    assert result.exit_code == 4 and (stranger / "precious.txt").exists()
+    assert result.exit_code == 2 and (stranger / "precious.txt").exists()
 
 
 def test_train_end_to_end(cli, tmp_path):
@@ -127,7 +127,7 @@ def test_predict_errors(cli, tiny_run, tmp_path):
     result = cli("predict", tiny_run)
     assert result.exit_code == 3 and "--text" in result.output
     result = cli("predict", tmp_path, "--text", "x")
-    assert result.exit_code == 5 and "not an hfpipe run directory" in result.output
+    assert result.exit_code == 2 and "not an hfpipe run directory" in result.output
     result = cli("predict", tiny_run, "--file", write(tmp_path / "x.csv", "sentence\nhello\n"))
     assert result.exit_code == 3 and "column 'text' not found" in result.output
 

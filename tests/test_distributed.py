@@ -183,7 +183,7 @@ def test_precision_attention_and_compile_switches_train_and_save(tmp_path, switc
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     from hfpipe.api import train
-    from hfpipe.errors import TrainingError
+    from hfpipe.errors import UsageError
 
     settings = [*TINY, "data.builtin.test_size=0", "train.max_steps=6", "train.save_every=3"]
     recipe = load_recipe(RECIPES / "quickstart.yaml", [*settings, f"output_dir={tmp_path / 'run'}"])
@@ -192,5 +192,5 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     saved = json.loads(newest.read_text())
     assert saved["processes"] == 1
     newest.write_text(json.dumps({**saved, "processes": 2}))  # as a 2-process run would have saved it
-    with pytest.raises(TrainingError, match=r"saved by 2 process\(es\) and resumes in 1.*--num-processes 2"):
+    with pytest.raises(UsageError, match=r"saved by 2 process\(es\) and resumes in 1.*--num-processes 2"):
         train(recipe, resume=True)

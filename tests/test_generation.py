@@ -178,7 +178,7 @@ def test_generate_cli(gen_run, cli, tmp_path):
 
 def test_generate_refuses_a_classifier(tiny_run, cli):
     result = cli("generate", tiny_run, "-p", "hello")
-    assert result.exit_code == 5
+    assert result.exit_code == 2
     assert "does not generate text" in result.output
 
 

@@ -361,7 +361,7 @@ def test_a_missing_base_model_is_named(tiny_run, tmp_path, cli):
     run = train(adapter_recipe("quickstart.yaml", TINY, base, tmp_path, "train.epochs=1"))
     shutil.rmtree(base)
     result = cli("predict", run, "--text", "fine")
-    assert result.exit_code == 5 and str(base) in result.output and "base model" in result.output
+    assert result.exit_code == 2 and str(base) in result.output and "base model" in result.output
 
 
 def test_the_best_adapter_is_the_one_kept(tiny_run, tmp_path):

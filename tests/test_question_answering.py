@@ -332,4 +332,4 @@ def test_answer_cli_and_plain_transformers_agree(qa_run, cli, tmp_path):
         ).exit_code
         == 3
     )
-    assert cli("predict", qa_run, "--text", "hello").exit_code == 5
+    assert cli("predict", qa_run, "--text", "hello").exit_code == 2

@@ -192,7 +192,7 @@ def test_resume_refuses_a_changed_recipe_and_a_missing_checkpoint(tmp_path, cli)
         f"output_dir={bare}",
         "--resume",
     )
-    assert result.exit_code == 4 and "no complete checkpoint" in result.output
+    assert result.exit_code == 2 and "no complete checkpoint" in result.output
 
 
 def test_resume_auto_starts_fresh_then_continues(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from conftest import RECIPES, ROOT, TINY, tiny_recipe, write
 
 from hfpipe.api import train
-from hfpipe.errors import DataError, RecipeError, TrainingError
+from hfpipe.errors import DataError, RecipeError, UsageError
 from hfpipe.recipe import load_recipe
 
 tiny = tiny_recipe
@@ -24,7 +24,7 @@ def _fingerprint(folder):
 @pytest.mark.parametrize(
     "override, error, fragment",
     [
-        ("train.precision=fp16", TrainingError, "needs a CUDA GPU"),
+        ("train.precision=fp16", RecipeError, "needs a CUDA GPU"),
         ("train.metric_for_best=f1_macro", RecipeError, "does not compute 'f1_macro'"),
         ("data.max_length=512", RecipeError, "max_position_embeddings"),
         ("model.config.num_attention_heads=3", RecipeError, "not a multiple"),
@@ -46,7 +46,7 @@ def test_overwrite_spares_directories_hfpipe_did_not_create(tmp_path):
     project = tmp_path / "project"
     write(project / "notes.txt", "mine")
     write(project / "recipe.yaml", "not an hfpipe run")
-    with pytest.raises(TrainingError, match="not created by hfpipe"):
+    with pytest.raises(UsageError, match="not created by hfpipe"):
         train(tiny(tmp_path, "train.max_steps=1", out="project"), overwrite=True)
     assert (project / "notes.txt").read_text() == "mine"
 
@@ -54,7 +54,7 @@ def test_overwrite_spares_directories_hfpipe_did_not_create(tmp_path):
 def test_overwrite_refuses_a_run_directory_holding_the_data(tmp_path):
     first = train(tiny(tmp_path, "train.max_steps=1"))
     data = write(first / "my_data.csv", "text,label\ngood film,pos\nbad film,neg\n" * 5)
-    with pytest.raises(TrainingError, match="which this run reads"):
+    with pytest.raises(UsageError, match="which this run reads"):
         train(tiny(tmp_path, "~data.builtin", f"data.train={data}", "train.max_steps=1"), overwrite=True)
     assert data.exists()
 

@@ -80,4 +80,4 @@ def test_dangerous_output_dirs_are_refused(cli, target, monkeypatch):
     monkeypatch.chdir(ROOT)
     value = os.path.expanduser(target) if target == "~" else (str(ROOT) if target == "." else target)
     result = cli("train", RECIPES / "quickstart.yaml", *TINY, f"output_dir={value}", "--overwrite")
-    assert result.exit_code == 4 and "refusing to use" in result.output
+    assert result.exit_code == 2 and "refusing to use" in result.output

@@ -210,7 +210,7 @@ def test_translate_cli(t5_run, tiny_run, cli, tmp_path):
             -1
         ]
     )
-    assert cli("translate", tiny_run, "--text", "hello").exit_code == 5
+    assert cli("translate", tiny_run, "--text", "hello").exit_code == 2
     assert cli("translate", t5_run).exit_code == 3
 
 

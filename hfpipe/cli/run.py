@@ -363,7 +363,9 @@ def fewshot(
         for line in failed:
             typer.echo(f"fail-under: {line}", err=True)
         if failed:
-            raise typer.Exit(5)
+            from hfpipe.errors import GateFailed
+
+            raise typer.Exit(GateFailed.exit_code)
 
 
 def _gate(text: str) -> tuple[str | None, str, int | None, float]:
