@@ -12,7 +12,7 @@ app = typer.Typer(
     name="hfpipe",
     help="Fine-tune, pretrain and evaluate Hugging Face transformer models from YAML recipes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

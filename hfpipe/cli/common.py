@@ -10,7 +10,56 @@ from typing import Annotated
 
 import typer
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+
+def complete_recipe(incomplete: str) -> list[str]:
+    """Shell completion of a recipe path: directories and .yaml / .yml files under what is typed."""
+    import os
+
+    folder, _, start = incomplete.rpartition(os.sep)
+    base = Path(folder or ".")
+    try:
+        entries = sorted(base.iterdir())
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if not entry.name.startswith(start) or (entry.name.startswith(".") and not start.startswith(".")):
+            continue
+        shown = f"{folder}{os.sep}{entry.name}" if folder else entry.name
+        if entry.is_dir():
+            out.append(shown + os.sep)
+        elif entry.suffix in (".yaml", ".yml"):
+            out.append(shown)
+    return out
+
+
+def complete_override(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of a `key=value` override: dotted keys of the schema (with their help), then the
+    values of keys that take a fixed list (task names, architectures, enums, booleans)."""
+    from hfpipe.recipe.editor import override_keys, override_values
+
+    if "=" in incomplete:
+        key, _, value = incomplete.partition("=")
+        return [(f"{key}={v}", "") for v in override_values(key) if v.startswith(value)]
+    prefix = incomplete.lstrip("~")
+    deleting = incomplete.startswith("~")
+    keys = [(k, help) for k, help in override_keys() if k.startswith(prefix)]
+    if deleting:
+        return [("~" + k, help) for k, help in keys]
+    return [(f"{k}=", help) for k, help in keys]
+
+
+def complete_recipe_or_override(incomplete: str) -> list:
+    """`hfpipe validate`'s arguments: recipe paths, then overrides once nothing on disk matches."""
+    if "=" in incomplete or incomplete.startswith("~"):
+        return complete_override(incomplete)
+    return complete_recipe(incomplete) or complete_override(incomplete)
+
+
+RecipeArg = Annotated[
+    Path,
+    typer.Argument(help="Recipe YAML file.", show_default=False, autocompletion=complete_recipe),
+]
 RunDirArg = Annotated[
     Path, typer.Argument(help="Run directory written by `hfpipe train`.", show_default=False)
 ]
@@ -19,6 +68,7 @@ OverridesArg = Annotated[
     typer.Argument(
         help="Overrides applied before validation: key.sub=value (YAML value) or ~key (delete).",
         show_default=False,
+        autocompletion=complete_override,
     ),
 ]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hfpipe.cli.common import table
+from hfpipe.cli.common import complete_recipe_or_override, table
 
 
 def bundled_recipes_dir() -> Path:
@@ -29,7 +29,9 @@ def validate(
     args: Annotated[
         list[str],
         typer.Argument(
-            help="Recipe files, then optional key=value / ~key overrides applied to each.", show_default=False
+            help="Recipe files, then optional key=value / ~key overrides applied to each.",
+            show_default=False,
+            autocompletion=complete_recipe_or_override,
         ),
     ],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
@@ -111,11 +113,28 @@ def tasks() -> None:
     )
 
 
-def schema() -> None:
-    """Print the recipe JSON schema (for editors and CI)."""
-    from hfpipe.recipe.schema import Recipe
+def schema(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the schema to this file instead of printing it."),
+    ] = None,
+) -> None:
+    """Print (or write) the recipe JSON Schema, for editors and CI.
 
-    typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))
+    A recipe whose first line is `# yaml-language-server: $schema=PATH` is validated and completed by
+    editors with the YAML language server; bundled recipes point at recipes/recipe.schema.json.
+    """
+    from hfpipe.recipe.editor import editor_schema
+
+    text = json.dumps(editor_schema(), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    from hfpipe.io import atomic_write_text
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, text)
+    typer.echo(f"wrote {output}", err=True)
 
 
 def register(app: typer.Typer) -> None:
