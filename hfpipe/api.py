@@ -22,6 +22,11 @@ def _quiet_libraries() -> None:
 
     import transformers
 
+    from hfpipe.console import SETTINGS
+
+    if SETTINGS.verbose:  # --verbose: the libraries' own logs and progress bars stay
+        return
+
     # datasets reads these when it is imported (and it costs ~1 s to import when a command does not need it)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +134,15 @@ class TrainState:
     # Seconds of training so far, without evaluation and checkpointing (carried across a resume).
     train_seconds: float = 0.0
     processes: int | None = None  # of the run that saved the checkpoint (a resume needs as many)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60}:{seconds % 60:02d}")
+    )
 
 
 def _improved(value: float, best: float | None, greater: bool, threshold: float) -> bool:
@@ -275,7 +283,6 @@ def fit(
     import torch
     from accelerate.utils import DistributedType, set_seed
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     spec = recipe.train
@@ -503,15 +510,13 @@ def fit(
 
     model.train()
     # A live bar on a terminal; in a log file (CI) a plain line about every 10% instead.
-    interactive = sys.stderr.isatty()
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="train",
-        disable=not (accelerator.is_local_main_process and interactive),
-        dynamic_ncols=True,
-        leave=False,
+    from hfpipe import console
+
+    interactive = console.interactive()
+    bar = console.TrainProgress(
+        total_steps, state.step, enabled=accelerator.is_local_main_process and interactive
     )
+    first_step = state.step
     plain_every = max(spec.log_every, total_steps // 10)
     last_plain = state.step
     started = time.perf_counter()
@@ -623,7 +628,7 @@ def fit(
                     continue  # still accumulating
                 state.step += 1
                 state.epoch_float = epoch + (0 if stream else (batch_index + 1) / len(train_dl))
-                bar.update(1)
+                bar.advance()
 
                 if state.step % spec.log_every == 0 or state.step == total_steps:
                     # Averaged / summed over processes; .item() syncs: only here, every log_every steps.
@@ -643,20 +648,19 @@ def fit(
                         state.step - last_plain >= plain_every or state.step == total_steps
                     ):
                         last_plain = state.step
+                        # ETA from this session's pace (evaluation and checkpoints left out, as they come
+                        # at their own cadence)
+                        pace = (trained_seconds() - clock["before"]) / max(state.step - first_step, 1)
                         log.info(
-                            "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
+                            "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s  eta %s",
                             state.step,
                             total_steps,
                             mean_loss,
                             values["lr"],
                             values["tokens_per_s"],
+                            _duration(pace * (total_steps - state.step)),
                         )
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.4f}",
-                        lr=f"{values['lr']:.2e}",
-                        tok_s=f"{values['tokens_per_s']:.0f}",
-                        refresh=False,
-                    )
+                    bar.stats(mean_loss, values["lr"], values["tokens_per_s"])
                     state.examples_seen += window_examples
                     state.tokens_seen += window_tokens
                     loss_sum.zero_()
@@ -705,7 +709,7 @@ def fit(
                 stop_on_signal()
     finally:
         stopper.restore()  # also when training stops with an error
-    bar.close()
+        bar.close()  # the terminal gets its cursor back, whatever happened
     runtime = time.perf_counter() - started
     state.train_seconds = trained_seconds()
     accelerator.wait_for_everyone()

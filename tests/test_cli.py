@@ -125,7 +125,7 @@ def test_predict_text_file_and_output(cli, tiny_run, tmp_path):
 
 def test_predict_errors(cli, tiny_run, tmp_path):
     result = cli("predict", tiny_run)
-    assert result.exit_code == 3 and "--text" in result.output
+    assert result.exit_code == 2 and "--text" in result.output
     result = cli("predict", tmp_path, "--text", "x")
     assert result.exit_code == 2 and "not an hfpipe run directory" in result.output
     result = cli("predict", tiny_run, "--file", write(tmp_path / "x.csv", "sentence\nhello\n"))

@@ -172,7 +172,7 @@ def test_generate_cli(gen_run, cli, tmp_path):
     result = cli("generate", gen_run, "--file", rows)  # rendered with the run's template
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["text"] == "The plot was dull."
-    assert cli("generate", gen_run).exit_code == 3  # neither --prompt nor --file
+    assert cli("generate", gen_run).exit_code == 2  # neither --prompt nor --file
     assert cli("generate", gen_run, "-p", "x", "--top-p", "0").exit_code == 2  # not in (0, 1]
 
 

@@ -211,7 +211,7 @@ def test_translate_cli(t5_run, tiny_run, cli, tmp_path):
         ]
     )
     assert cli("translate", tiny_run, "--text", "hello").exit_code == 2
-    assert cli("translate", t5_run).exit_code == 3
+    assert cli("translate", t5_run).exit_code == 2
 
 
 def test_pretrained_t5_without_a_prefix_warns(t5_run, tmp_path, caplog):

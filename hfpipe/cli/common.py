@@ -100,16 +100,31 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbose: bool = False) -> None:
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Warnings and errors only: no progress, no tables.")
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="End with one JSON line on stdout (for scripts and CI); no tables.")
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Debug lines, and the libraries' own logs and progress bars."),
+]
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False, json: bool = False) -> None:
+    from hfpipe import console
+
+    console.configure(quiet=quiet, json=json, verbose=verbose)
     logging.basicConfig(
         handlers=[_StderrHandler()],
         format="hfpipe: %(message)s",
         force=True,
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
     )
-    # Third-party INFO chatter (datasets, accelerate) hides what matters.
+    # Third-party INFO chatter (datasets, accelerate) hides what matters, unless asked for.
     for name in ("datasets", "accelerate", "transformers", "httpx", "filelock", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     # "Removed shared tensor lm_head.weight while saving": tied embeddings, expected for GPT-2.
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 

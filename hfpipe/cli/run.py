@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from hfpipe.cli.common import OverridesArg, RecipeArg, RunDirArg, fmt, setup_logging, table, user_errors
+from hfpipe.cli.common import (
+    JsonOpt,
+    OverridesArg,
+    QuietOpt,
+    RecipeArg,
+    RunDirArg,
+    VerboseOpt,
+    fmt,
+    setup_logging,
+    user_errors,
+)
 
 
 def train(
@@ -21,7 +31,9 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
     num_processes: Annotated[
         int | None,
         typer.Option(
@@ -40,7 +52,7 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune or pretrain according to RECIPE; writes a Hugging Face model directory to output_dir."""
-    setup_logging(verbose)
+    setup_logging(verbose, quiet, as_json)
     with user_errors():
         from hfpipe.recipe import load_recipe
 
@@ -59,9 +71,12 @@ def train(
                 *(["--overwrite"] if overwrite else []),
                 *(["--resume"] if resume else []),
             ]
-            raise typer.Exit(
-                _launch(recipe, args + (["--verbose"] if verbose else []), processes, config_file)
-            )
+            flags = [
+                *(["--verbose"] if verbose else []),
+                *(["--quiet"] if quiet else []),
+                *(["--json"] if as_json else []),
+            ]
+            raise typer.Exit(_launch(recipe, args + flags, processes, config_file))
         from hfpipe.api import train as run_train
 
         run_dir = run_train(loaded, overwrite=overwrite, resume=resume)
@@ -102,22 +117,35 @@ def _launch(recipe: Path, args: list[str], processes: int | None, config_file) -
 
 
 def _summary(run_dir: Path) -> None:
+    from hfpipe import console
+
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = []
     for split in ("validation", "test"):
         for name, value in (metrics.get(split) or {}).items():
             rows.append((split, name, fmt(value)))
-    typer.echo("")
     if rows:
-        typer.echo(table(rows, ("split", "metric", "value")))
+        console.summary_table(rows, ("split", "metric", "value"), title=f"{run_dir.name}: results")
     best = (
         f", best step {metrics['best_step']} by {metrics['metric_for_best']}"
         if metrics.get("best_step")
         else ""
     )
     t = metrics["train"]
-    typer.echo(f"\ntrained {t['steps']} steps in {t['runtime_s']:.1f} s{best}")
-    typer.echo(f"run directory: {run_dir}")
+    console.say(f"trained {t['steps']} steps in {t['runtime_s']:.1f} s{best}")
+    console.say(f"run directory: {run_dir}")
+    console.final_json(
+        {
+            "run_dir": str(run_dir),
+            "validation": metrics.get("validation") or {},
+            "test": metrics.get("test") or {},
+            "best_step": metrics.get("best_step"),
+            "metric_for_best": metrics.get("metric_for_best"),
+            "steps": t["steps"],
+            "runtime_s": t["runtime_s"],
+            "train_s": t.get("train_s"),
+        }
+    )
 
 
 def evaluate(
@@ -138,14 +166,18 @@ def evaluate(
             help="question-answering: write predictions.json and nbest_predictions.json in this directory.",
         ),
     ] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score a trained run on --data FILE or on its recipe's test split."""
-    setup_logging()
+    setup_logging(quiet=quiet, json=as_json)
     with user_errors():
+        from hfpipe import console
         from hfpipe.api import evaluate_run
 
         metrics = evaluate_run(run_dir, str(data) if data else None, split, predictions_dir=predictions)
-        typer.echo(table([(k, fmt(v)) for k, v in metrics.items()], ("metric", "value")))
+        console.summary_table([(k, fmt(v)) for k, v in metrics.items()], ("metric", "value"))
+        console.final_json({"run_dir": str(run_dir), "split": None if data else split, "metrics": metrics})
         if output:
             from hfpipe.io import write_json
 
@@ -174,10 +206,10 @@ def predict(
     """Predict with a trained run: prints one JSON line per input (or writes them to --output)."""
     setup_logging()
     with user_errors():
-        from hfpipe.errors import DataError
+        from hfpipe.errors import UsageError
 
         if (text is None) == (file is None):
-            raise DataError("give --text (repeatable) or --file, not both and not neither")
+            raise UsageError("give --text (repeatable) or --file, not both and not neither")
         from hfpipe.api import predict_run
 
         rows, preds = predict_run(run_dir, texts=text, text_pairs=text_pair, file=file, batch_size=batch_size)
@@ -219,10 +251,10 @@ def generate(
     """Generate completions with a causal-lm or generation run: batched, left-padded, stops at EOS."""
     setup_logging()
     with user_errors():
-        from hfpipe.errors import DataError
+        from hfpipe.errors import UsageError
 
         if (prompt is None) == (file is None):
-            raise DataError("give --prompt (repeatable) or --file, not both and not neither")
+            raise UsageError("give --prompt (repeatable) or --file, not both and not neither")
         settings: dict = {
             k: v
             for k, v in {
@@ -268,10 +300,10 @@ def translate(
     """Translate with a translation run: batched by length, beam search, one JSON line per source."""
     setup_logging()
     with user_errors():
-        from hfpipe.errors import DataError
+        from hfpipe.errors import UsageError
 
         if (text is None) == (file is None):
-            raise DataError("give --text (repeatable) or --file, not both and not neither")
+            raise UsageError("give --text (repeatable) or --file, not both and not neither")
         settings = {
             k: v
             for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items()
@@ -307,10 +339,10 @@ def answer(
     (answer, score, start and end characters in the context)."""
     setup_logging()
     with user_errors():
-        from hfpipe.errors import DataError
+        from hfpipe.errors import UsageError
 
         if (question is None) == (file is None):
-            raise DataError("give --question with --context, or --file, not both and not neither")
+            raise UsageError("give --question with --context, or --file, not both and not neither")
         from hfpipe.api import answer_run
 
         rows, preds = answer_run(run_dir, question, context, file, batch_size=batch_size)
@@ -331,10 +363,13 @@ def fewshot(
             "acc=0.6, piqa.acc_norm@5=0.55.",
         ),
     ] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Few-shot evaluation of the recipe's model: k-shot prompts, option log-likelihoods or generation;
     a table on the console and OUTPUT_DIR/results.json."""
-    setup_logging()
+    setup_logging(verbose, quiet, as_json)
     with user_errors():
         from hfpipe.recipe import load_recipe
 
@@ -357,11 +392,17 @@ def fewshot(
                 for metric, s in metrics.items():
                     spread = f" ± {s['std']:.4f}" if s["n"] > 1 else ""
                     rows.append((name, k, metric, f"{s['mean']:.4f}{spread}", str(s["n"])))
-        typer.echo(table(rows, ("task", "k", "metric", "value", "seeds")))
-        typer.echo(f"results: {Path(loaded.output_dir) / 'results.json'}")
+        from hfpipe import console
+
+        console.summary_table(rows, ("task", "k", "metric", "value", "seeds"))
+        console.say(f"results: {Path(loaded.output_dir) / 'results.json'}")
         failed = _failed_gates(results, gates)
         for line in failed:
             typer.echo(f"fail-under: {line}", err=True)
+        summary = {name: entry["summary"] for name, entry in results["tasks"].items()}
+        console.final_json(
+            {"results": str(Path(loaded.output_dir) / "results.json"), "tasks": summary, "failed": failed}
+        )
         if failed:
             from hfpipe.errors import GateFailed
 
