@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hfpipe import io
-from hfpipe.errors import DataError, RunError, decode_utf8
+from hfpipe.errors import DataError, HfpipeError, RunError, UsageError, decode_utf8
 
 log = logging.getLogger("hfpipe")
 
@@ -167,6 +167,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         "metric_for_best": result.metric_for_best,
         "best_step": result.state.best_step,
         "validation": result.validation,
+        "versions": io.package_versions(),
     }
     if task.metric_signatures is not None:
         metrics["metric_signatures"] = task.metric_signatures(recipe)
@@ -208,7 +209,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (--resume or train.resume: auto), or None to start afresh."""
     import shutil
 
-    from hfpipe.errors import RecipeError, UsageError
+    from hfpipe.errors import RecipeError
     from hfpipe.recipe.load import _read_yaml
     from hfpipe.runner import latest_checkpoint
 
@@ -695,7 +696,6 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
     import torch
 
     from hfpipe.adapters import ADAPTER_CONFIG, is_adapter_run, max_output_difference, probe_inputs
-    from hfpipe.errors import HfpipeError
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if run_dir.is_dir() and (run_dir / "config.json").exists() and not is_adapter_run(run_dir):
@@ -747,3 +747,50 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
     io.atomic_write_text(out_dir / io.CARD, card)
     log.info("merged %s into its base: outputs differ by at most %.2e", run_dir, difference)
     return out_dir, difference
+
+
+# What `hfpipe push` leaves out: resumable state (optimizer, RNG: big and useless to others), a local MLflow
+# store, hfpipe's marker and staging folders.
+PUSH_IGNORE = ("checkpoints/*", "mlruns/*", ".hfpipe-run", ".tmp*", "**/.tmp*")
+
+
+def push_files(run_dir: str | Path) -> list[tuple[str, int]]:
+    """(path in the repository, bytes) of every file `hfpipe push` uploads from a finished run."""
+    import fnmatch
+
+    run_dir = Path(run_dir)
+    if not (run_dir / io.RECIPE).exists() or not any((run_dir / n).exists() for n in io.LOADABLE):
+        raise RunError("not a finished hfpipe run directory (no recipe.yaml and model)", file=str(run_dir))
+    files = []
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(run_dir).as_posix()
+        if not any(fnmatch.fnmatch(relative, pattern) for pattern in PUSH_IGNORE):
+            files.append((relative, path.stat().st_size))
+    return files
+
+
+def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None) -> str:
+    """Upload a run directory (model, tokenizer, card, recipe, metrics, logs) to a Hub model repository,
+    creating it if needed; returns the commit URL. Needs the network and a token (HF_TOKEN or
+    `hf auth login`)."""
+    import os
+
+    files = push_files(run_dir)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise UsageError("HF_HUB_OFFLINE is set: pushing needs the network (unset it, or use --dry-run)")
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            folder_path=str(run_dir),
+            repo_id=repo_id,
+            revision=revision,
+            ignore_patterns=list(PUSH_IGNORE),
+            commit_message=f"hfpipe push of {Path(run_dir).name} ({len(files)} files)",
+        )
+    except Exception as exc:  # HTTP errors, no network, no token: whatever the client raises, one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise HfpipeError(f"push to {repo_id} failed: {type(exc).__name__}: {first}") from None
+    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)

@@ -218,30 +218,25 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
     data = recipe.data
     if data.builtin:
         source = f"hfpipe built-in dataset `{data.builtin.name}` (seed {data.builtin.seed})"
+        dataset_type, dataset_name = f"hfpipe/{data.builtin.name}", f"hfpipe built-in {data.builtin.name}"
     elif data.dataset:
         source = f"Hub dataset `{data.dataset}`" + (
             f" / `{data.dataset_config}`" if data.dataset_config else ""
         )
+        dataset_type, dataset_name = data.dataset, data.dataset
     else:
         files = [data.train] if isinstance(data.train, str) else list(data.train or [])
         source = ", ".join(f"`{Path(f).name}`" for f in files)
-    front = [
-        "---",
-        f"library_name: {'peft' if adapter else 'transformers'}",
-        f"pipeline_tag: {task.pipeline_tag}",
-    ]
-    if (
-        recipe.model.name_or_path and not Path(recipe.model.name_or_path).exists()
-    ):  # a Hub id, not a local path
-        front.append(f"base_model: {recipe.model.name_or_path}")
-    front += ["tags:", "- hfpipe", f"- {task.name}"]
-    if recipe.peft is not None:
-        front.append(f"- {recipe.peft.method}")
+        first = Path(files[0]) if files else Path("data")
+        dataset_type, dataset_name = first.suffix.lstrip(".") or "text", first.stem
+    name = recipe.name or Path(recipe.output_dir).name
+    front = card_metadata(recipe, task, metrics, name, adapter, dataset_type, dataset_name)
     lines = [
-        *front,
+        "---",
+        front.rstrip("\n"),
         "---",
         "",
-        f"# {Path(recipe.output_dir).name}",
+        f"# {name}",
         "",
         recipe.description or f"A {task.name} model trained with hfpipe {__version__}.",
         "",
@@ -308,10 +303,113 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
         "",
         *use,
         "",
-        "The exact recipe is in `recipe.yaml`; training logs in `metrics.jsonl`.",
-        "",
+        *_training_section(recipe, metrics, command),
     ]
     return "\n".join(lines)
+
+
+# Packages whose versions decide what a run computes; recorded in metrics.json and the card.
+VERSIONED = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hfpipe import __version__
+
+    found = {"hfpipe": __version__, "python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def card_metadata(
+    recipe, task, metrics: dict, name: str, adapter: bool, dataset_type: str, dataset_name: str
+) -> str:
+    """The card's YAML front matter, made by huggingface_hub (the Hub's own schema): library, pipeline,
+    license, languages, datasets, base model, tags and a model-index with every validation / test metric."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = []
+    for split in ("validation", "test"):
+        for metric, value in (metrics.get(split) or {}).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            results.append(
+                EvalResult(
+                    task_type=task.pipeline_tag,
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_name,
+                    dataset_config=recipe.data.dataset_config if recipe.data.dataset else None,
+                    dataset_split=split,
+                    metric_type=metric,
+                    metric_value=float(value),
+                    metric_name=f"{split} {metric}",
+                )
+            )
+    base = recipe.model.name_or_path
+    hub_base = base if base and not Path(base).exists() else None  # a Hub id, not a local path
+    datasets = list(recipe.card.datasets) + ([recipe.data.dataset] if recipe.data.dataset else [])
+    tags = ["hfpipe", task.name, *([recipe.peft.method] if recipe.peft is not None else []), *recipe.tags]
+    data = ModelCardData(
+        model_name=name,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag=task.pipeline_tag,
+        license=recipe.card.license,
+        language=list(recipe.card.language) or None,
+        datasets=list(dict.fromkeys(datasets)) or None,
+        base_model=hub_base,
+        tags=list(dict.fromkeys(tags)),
+        eval_results=results or None,
+    )
+    return data.to_yaml()
+
+
+def _training_section(recipe, metrics: dict, command: str) -> list[str]:
+    from hfpipe.recipe import dump_recipe
+
+    train = metrics.get("train") or {}
+    versions = metrics.get("versions") or package_versions()
+    done = []
+    if train:
+        done.append(
+            f"{train.get('steps', '?')} optimizer steps ({train.get('epochs', '?')} epochs, "
+            f"{train.get('examples', '?'):,} training examples) in {train.get('runtime_s', 0):.1f} s"
+            + (f" ({train['train_s']:.1f} s training)" if train.get("train_s") else "")
+            + f" on {train.get('processes', 1)} process(es)."
+            if isinstance(train.get("examples"), int)
+            else f"{train.get('steps', '?')} optimizer steps in {train.get('runtime_s', 0):.1f} s."
+        )
+    return [
+        "## Training",
+        "",
+        *done,
+        *([""] if done else []),
+        "The exact command:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "The recipe (`recipe.yaml`, every default resolved):",
+        "",
+        "```yaml",
+        dump_recipe(recipe).rstrip("\n"),
+        "```",
+        "",
+        "Package versions:",
+        "",
+        "| package | version |",
+        "|---|---|",
+        *(f"| {package} | {version} |" for package, version in versions.items()),
+        "",
+        "Training logs are in `metrics.jsonl`; metrics in `metrics.json`.",
+        "",
+    ]
 
 
 def _fmt(value) -> str:

@@ -469,6 +469,32 @@ def merge(
         typer.echo(f"merged model: {out} (outputs within {difference:.1e} of the adapter's)")
 
 
+def push(
+    run_dir: RunDirArg,
+    repo_id: Annotated[str, typer.Argument(help="Hub repository, e.g. you/my-model.", show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch to push to.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be uploaded; no network.")
+    ] = False,
+) -> None:
+    """Upload a run directory to the Hugging Face Hub (model, tokenizer, model card, recipe, metrics, logs;
+    not checkpoints). Needs the network and a token: HF_TOKEN or `hf auth login`."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.api import push_files, push_run
+
+        files = push_files(run_dir)
+        for name, size in files:
+            typer.echo(f"{size:>12,}  {name}")
+        total = sum(size for _, size in files)
+        if dry_run:
+            typer.echo(f"would upload {len(files)} files ({total:,} bytes) to {repo_id}")
+            return
+        url = push_run(run_dir, repo_id, private=private, revision=revision)
+        typer.echo(f"pushed {len(files)} files ({total:,} bytes): {url}")
+
+
 def _emit(lines: list[str], output: Path | None) -> None:
     if output:
         from hfpipe.io import atomic_write_text
@@ -487,4 +513,5 @@ def register(app: typer.Typer) -> None:
     app.command()(translate)
     app.command()(answer)
     app.command()(merge)
+    app.command()(push)
     app.command()(fewshot)

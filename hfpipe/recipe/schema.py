@@ -647,6 +647,23 @@ class Fewshot(Section):
         return tasks
 
 
+class Card(Section):
+    """What the run directory's model card (README.md) declares beyond what hfpipe knows."""
+
+    license: str | None = Field(
+        None,
+        description="License identifier for the card's metadata, e.g. apache-2.0, mit, cc-by-4.0 (the Hub's "
+        "list); a fine-tuned model usually inherits its base model's license.",
+    )
+    language: list[str] = Field(
+        default_factory=list, description="Language codes of the model, e.g. [en, de]."
+    )
+    datasets: list[str] = Field(
+        default_factory=list,
+        description="Hub dataset ids to credit (a Hub `data.dataset` is added by itself).",
+    )
+
+
 class Launch(Section):
     """How `hfpipe train` starts its processes (through Accelerate's launcher)."""
 
@@ -688,6 +705,17 @@ class Recipe(Section):
         "its weights; the run directory holds the adapter and names the base model.",
     )
     fewshot: Fewshot | None = Field(None, description="Few-shot evaluation: tasks, k, seeds (task: fewshot).")
+    name: str | None = Field(
+        None, description="Run name for trackers, reports and the card (default: output_dir's folder name)."
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags for trackers and the model card.")
+    tracking: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Where training logs go: jsonl (metrics.jsonl, always written), tensorboard (event files in "
+        "OUTPUT_DIR/tensorboard), mlflow (MLFLOW_TRACKING_URI, or a local store in OUTPUT_DIR/mlruns). "
+        "Through Accelerate's trackers; pip install 'hfpipe[tracking]'.",
+    )
+    card: Card = Field(default_factory=Card, description="Model card metadata: license, languages, datasets.")
     accelerate: Launch = Field(
         default_factory=Launch,
         description="Processes and Accelerate config file for `hfpipe train` (the command line's "
