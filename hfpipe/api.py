@@ -49,7 +49,13 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     from hfpipe.data import load_raw
     from hfpipe.models import build_model
     from hfpipe.recipe import dump_recipe
-    from hfpipe.runner import TrainingInterrupted, fit, make_accelerator, resolve_metric_for_best
+    from hfpipe.runner import (
+        TrainingInterrupted,
+        check_trackers,
+        fit,
+        make_accelerator,
+        resolve_metric_for_best,
+    )
     from hfpipe.tasks import get_task
     from hfpipe.tokenization import load_tokenizer, train_tokenizer
 
@@ -57,6 +63,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     task = get_task(recipe.task)
     command = command or shlex.join(["hfpipe", *sys.argv[1:]])
     accelerator = make_accelerator(recipe)
+    check_trackers(recipe)
     main = accelerator.is_main_process
     if not main:
         log.setLevel(logging.WARNING)

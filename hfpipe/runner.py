@@ -136,6 +136,73 @@ class TrainState:
     processes: int | None = None  # of the run that saved the checkpoint (a resume needs as many)
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def check_trackers(recipe) -> None:
+    """Fail before anything runs when a recipe's tracker is not installed (Accelerate would drop it with
+    a warning and the run would log nowhere)."""
+    import importlib.util
+
+    for name in recipe.tracking:
+        package = TRACKER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise RecipeError(
+                f"{name} is not installed: pip install 'hfpipe[tracking]' (or {package})", key="tracking"
+            )
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """A recipe as flat dotted keys with scalar values (what TensorBoard's hparams and MLflow params take)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is None or isinstance(value, (list, tuple)):
+            out[f"{prefix}{key}"] = str(value)
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def start_trackers(accelerator, recipe, run_dir: Path) -> list[str]:
+    """Start the recipe's TensorBoard / MLflow trackers (jsonl is metrics.jsonl, always written): the
+    run's name, its tags and the whole recipe as parameters. Returns the trackers started."""
+    names = [t for t in recipe.tracking if t != "jsonl"]
+    if not names:
+        return []
+    import os
+
+    name = recipe.name or Path(recipe.output_dir).name
+    init_kwargs: dict = {}
+    if "mlflow" in names:
+        if accelerator.is_main_process and not os.environ.get("MLFLOW_TRACKING_URI"):
+            import mlflow
+
+            # A local file store in the run directory (MLflow 3 keeps it in "maintenance mode" and asks for
+            # this opt-in; a server or database comes through MLFLOW_TRACKING_URI).
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
+        init_kwargs["mlflow"] = {"run_name": name, "tags": {tag: "true" for tag in recipe.tags}}
+    from accelerate.tracking import filter_trackers
+
+    # The Accelerator was made before the run directory existed (nothing may touch it before every check
+    # has passed): its trackers and their directory are set now.
+    accelerator.project_configuration.set_directories(str(run_dir))
+    accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
+    accelerator.log_with = filter_trackers(names, accelerator.logging_dir)
+    config = _flat(recipe.model_dump(mode="json"))
+    config["tags"] = ", ".join(recipe.tags)
+    try:
+        accelerator.init_trackers(name, config=config, init_kwargs=init_kwargs)
+    except Exception as exc:  # a tracker's own failure (a server down, a bad URI): one line, not a traceback
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise HfpipeError(
+            f"tracking: {', '.join(names)} did not start: {type(exc).__name__}: {first}"
+        ) from None
+    return names
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return (
@@ -383,12 +450,21 @@ def fit(
     last_eval_step = last_save_step = -1
     stop = False
 
+    trackers = start_trackers(accelerator, recipe, run_dir)
+
     def record(kind: str, values: dict) -> None:
         if accelerator.is_main_process:
             io.append_jsonl(
                 metrics_log,
                 {"type": kind, "step": state.step, "epoch": round(state.epoch_float, 4), **values},
             )
+        if trackers:  # TensorBoard / MLflow through Accelerate (main process only)
+            scalars = {  # eval_accuracy -> eval/accuracy
+                f"{kind}/{k.removeprefix(kind + '_')}": v
+                for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            }
+            accelerator.log(scalars, step=state.step)
 
     # Evaluation and checkpoints are timed apart from training: tokens/s and train_s are training only.
     clock = {"started": time.perf_counter(), "before": 0.0, "excluded": 0.0, "window": 0.0}
@@ -710,6 +786,8 @@ def fit(
     finally:
         stopper.restore()  # also when training stops with an error
         bar.close()  # the terminal gets its cursor back, whatever happened
+        if trackers:
+            accelerator.end_training()  # flushes TensorBoard's writer, ends the MLflow run
     runtime = time.perf_counter() - started
     state.train_seconds = trained_seconds()
     accelerator.wait_for_everyone()
