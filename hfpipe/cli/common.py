@@ -123,7 +123,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False, json: bool = False
         level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
     )
     # Third-party INFO chatter (datasets, accelerate) hides what matters, unless asked for.
-    for name in ("datasets", "accelerate", "transformers", "httpx", "filelock", "urllib3"):
+    for name in ("datasets", "accelerate", "transformers", "httpx", "filelock", "urllib3", "matplotlib"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     # "Removed shared tensor lm_head.weight while saving": tied embeddings, expected for GPT-2.
     logging.getLogger("accelerate").setLevel(logging.ERROR)

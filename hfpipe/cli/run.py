@@ -469,6 +469,25 @@ def merge(
         typer.echo(f"merged model: {out} (outputs within {difference:.1e} of the adapter's)")
 
 
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories to plot and compare.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory for the PNGs and summary.md / summary.html.")
+    ] = Path("report"),
+) -> None:
+    """Plots (loss, learning rate, evaluation metrics; several runs overlaid) and a one-page summary
+    (runs, final metrics, run time, recipe differences) of finished or running runs."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.report import write_report
+
+        summary = write_report(run_dirs, output)
+        for path in sorted(summary.parent.iterdir()):
+            typer.echo(f"wrote {path}")
+
+
 def push(
     run_dir: RunDirArg,
     repo_id: Annotated[str, typer.Argument(help="Hub repository, e.g. you/my-model.", show_default=False)],
@@ -514,4 +533,5 @@ def register(app: typer.Typer) -> None:
     app.command()(answer)
     app.command()(merge)
     app.command()(push)
+    app.command()(report)
     app.command()(fewshot)
