@@ -39,6 +39,26 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
 
 
+def recipe_tokenizer(recipe, task, raw):
+    """The recipe's tokenizer: trained on the training text (deterministic: every process trains the same
+    one), or loaded."""
+    from hfpipe.tokenization import load_tokenizer, train_tokenizer
+
+    if recipe.tokenizer.train is not None:
+        return train_tokenizer(
+            task.training_text(raw, recipe),
+            recipe.tokenizer.train,
+            recipe.model.architecture,
+            model_max_length=512,  # set from the model's config once it is built
+        )
+    return load_tokenizer(
+        recipe.tokenizer.name_or_path or recipe.model.name_or_path,
+        revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
+        trust_remote_code=recipe.model.trust_remote_code,
+        key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
+    )
+
+
 def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str | None = None) -> Path:
     """Train `recipe` into its output_dir and return the run directory.
 
@@ -57,7 +77,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         resolve_metric_for_best,
     )
     from hfpipe.tasks import get_task
-    from hfpipe.tokenization import load_tokenizer, train_tokenizer
+    from hfpipe.tokenization import load_tokenizer
 
     _quiet_libraries()
     task = get_task(recipe.task)
@@ -77,20 +97,8 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     head_kwargs = task.configure(raw, recipe)
     if resume_from is not None:
         tokenizer = load_tokenizer(str(resume_from / "tokenizer"))  # the one the run started with
-    elif recipe.tokenizer.train is not None:
-        tokenizer = train_tokenizer(  # deterministic: every process trains the same one
-            task.training_text(raw, recipe),
-            recipe.tokenizer.train,
-            recipe.model.architecture,
-            model_max_length=512,  # set from the model's config once it is built
-        )
     else:
-        tokenizer = load_tokenizer(
-            recipe.tokenizer.name_or_path or recipe.model.name_or_path,
-            revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
-            trust_remote_code=recipe.model.trust_remote_code,
-            key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
-        )
+        tokenizer = recipe_tokenizer(recipe, task, raw)
     model = build_model(recipe, task, tokenizer, head_kwargs)
     if recipe.tokenizer.train is not None and resume_from is None:
         # A trained tokenizer knows the model's positions (BERT max_position_embeddings, GPT-2 n_positions),

@@ -469,6 +469,40 @@ def merge(
         typer.echo(f"merged model: {out} (outputs within {difference:.1e} of the adapter's)")
 
 
+def plan(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", min=1, help="Plan for N processes (the global batch).")
+    ] = 1,
+    timing_steps: Annotated[
+        int, typer.Option("--timing-steps", min=0, help="Training steps to time for the estimate (0: none).")
+    ] = 5,
+    no_timing: Annotated[bool, typer.Option("--no-timing", help="No timed steps, no estimate.")] = False,
+    full_recipe: Annotated[
+        bool, typer.Option("--recipe", help="Print the resolved recipe (every default) first.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a training run of RECIPE would do, without training: model size, tokenizer, the data as the
+    model sees it (lengths, truncation, packing / padding), batch and step counts, and an estimate of the
+    run time from a few timed steps on this machine."""
+    setup_logging(json=as_json)
+    with user_errors():
+        from hfpipe import console
+        from hfpipe.plan import make_plan, render
+        from hfpipe.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides or [])
+        if loaded.task == "fewshot":
+            from hfpipe.errors import RecipeError
+
+            raise RecipeError("a few-shot recipe does not train: `hfpipe fewshot` runs it", file=str(recipe))
+        result = make_plan(loaded, timing_steps=0 if no_timing else timing_steps, processes=num_processes)
+        console.say(render(result, full_recipe=full_recipe))
+        console.final_json(result)
+
+
 def report(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Run directories to plot and compare.", show_default=False)
@@ -534,4 +568,5 @@ def register(app: typer.Typer) -> None:
     app.command()(merge)
     app.command()(push)
     app.command()(report)
+    app.command()(plan)
     app.command()(fewshot)

@@ -1,0 +1,409 @@
+"""`hfpipe plan RECIPE`: what a run will do, before it runs.
+
+It reads the data and makes (or loads) the tokenizer as training would (prepared splits go to the same
+cache, so the training run that follows reuses them), builds the model on PyTorch's meta device (shapes,
+no memory, no weights: parameter counts for any size), and reports the data as the model will see it:
+examples and features per split, token-length percentiles before truncation, what truncation cuts (for
+question answering: answers lost, windows per example), packing efficiency or padding, the global batch
+and the step counts. The run-time estimate times a few real training steps of a randomly initialised
+copy (weights are never loaded) on batches drawn as training draws them; `--no-timing` skips it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+PERCENTILES = (50, 90, 99, 100)
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int]:
+    import numpy as np
+
+    if not lengths:
+        return {}
+    values = np.percentile(np.asarray(lengths), PERCENTILES, method="higher")
+    return {("max" if p == 100 else f"p{p}"): int(v) for p, v in zip(PERCENTILES, values, strict=True)}
+
+
+def _meta_model(recipe, task, tokenizer, head_kwargs):
+    """The recipe's model on the meta device: a config (downloaded or local), never weights."""
+    import torch
+    import transformers
+
+    from hfpipe.models import auto_class, build_model
+
+    if recipe.model.architecture:
+        with torch.device("meta"):
+            return build_model(recipe, task, tokenizer, head_kwargs)
+    from hfpipe.errors import RecipeError
+
+    spec = recipe.model
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RecipeError(
+            f"cannot load model {spec.name_or_path!r}: {first}", key="model.name_or_path"
+        ) from None
+    for key, value in {**spec.config, **head_kwargs}.items():
+        setattr(config, key, value)
+    with torch.device("meta"):
+        model = auto_class(task).from_config(config, trust_remote_code=spec.trust_remote_code)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        if recipe.peft is not None:
+            from hfpipe.adapters import wrap
+
+            model = wrap(model, recipe, task, new_modules=[])
+    return model
+
+
+def _random_model(recipe, task, tokenizer, head_kwargs, meta_config):
+    """A trainable copy with random weights (what the timing runs on): the built model for `architecture`,
+    the pretrained model's config otherwise; with the recipe's adapter."""
+    from hfpipe.models import _attention, auto_class, build_model
+
+    if recipe.model.architecture:
+        return build_model(recipe, task, tokenizer, head_kwargs)
+    config = meta_config
+    model = auto_class(task).from_config(config, **_attention(recipe.model))
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if recipe.peft is not None:
+        from hfpipe.adapters import wrap
+
+        model = wrap(model, recipe, task, new_modules=[])
+    return model
+
+
+def _split_stats(task_name: str, raw, name: str, tokenizer, recipe, prepared, config) -> dict:
+    """What the model will see of one split: counts, lengths before truncation, what is cut or packed."""
+    cols = recipe.data.columns
+    ds = raw.splits[name]
+    limit = recipe.data.max_length
+    out: dict = {"examples": len(ds), "features": len(prepared)}
+    if task_name == "classification":
+        args = [list(ds[cols.text])] + ([list(ds[cols.text_pair])] if cols.text_pair else [])
+        lengths = [len(x) for x in tokenizer(*args, truncation=False, verbose=False)["input_ids"]]
+        out["tokens"] = _percentiles(lengths)
+        out["truncated"] = sum(n > limit for n in lengths)
+    elif task_name in ("causal-lm", "masked-lm"):
+        from hfpipe.tasks.causal_lm import split_texts
+
+        texts = split_texts(raw, name, recipe)
+        special = task_name == "masked-lm"  # [CLS] text [SEP] per document; causal: text + EOS
+        lengths = [
+            len(x) + (0 if special else 1) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]
+        ]
+        out["examples"] = len(texts)
+        out["tokens"] = _percentiles(lengths)
+        total = sum(lengths)
+        out["packing"] = {
+            "blocks": len(prepared),
+            "block_size": limit,
+            "tokens": total,
+            "efficiency": round(len(prepared) * limit / total, 4) if total else 0.0,
+        }
+    elif task_name == "translation":
+        from hfpipe.tasks.translation import _pairs, _prefix
+
+        sources, targets = _pairs(raw, name, recipe)
+        prefix = _prefix(recipe, config)
+        source_lengths = [len(x) for x in tokenizer([prefix + s for s in sources])["input_ids"]]
+        out["tokens"] = _percentiles(source_lengths)
+        out["truncated"] = sum(n > limit for n in source_lengths)
+        if all(t is not None for t in targets):
+            target_limit = recipe.data.max_target_length or limit
+            target_lengths = [len(x) for x in tokenizer(text_target=targets)["input_ids"]]
+            out["target_tokens"] = _percentiles(target_lengths)
+            out["targets_truncated"] = sum(n > target_limit for n in target_lengths)
+    elif task_name == "question-answering":
+        questions, contexts = list(ds[cols.question]), list(ds[cols.context])
+        lengths = [
+            len(x) for x in tokenizer(questions, contexts, truncation=False, verbose=False)["input_ids"]
+        ]
+        out["tokens"] = _percentiles(lengths)
+        out["longer_than_a_window"] = sum(n > limit for n in lengths)
+        out["windows"] = len(prepared)
+        out["windows_per_example"] = round(len(prepared) / max(len(ds), 1), 3)
+        if "start_positions" in prepared.column_names and "example" in prepared.column_names:
+            found: dict[int, bool] = {}
+            for example, start in zip(
+                list(prepared["example"]), list(prepared["start_positions"]), strict=True
+            ):
+                found[example] = found.get(example, False) or start != 0
+            answered = [
+                i
+                for i, a in enumerate(list(ds[cols.answers]))
+                if a and (a.get("text") if isinstance(a, dict) else a)
+            ]
+            out["answers_lost"] = sum(1 for i in answered if not found.get(i))
+    else:  # generation: prompt + completion as rendered by the template, after truncation
+        lengths = list(prepared["length"]) if "length" in prepared.column_names else []
+        out["tokens"] = _percentiles(lengths)
+        out["at_max_length"] = sum(n >= limit for n in lengths)
+    return out
+
+
+def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
+    """Everything `hfpipe plan` prints, as a dict (its --json)."""
+    from hfpipe.api import (
+        _check_label_smoothing,
+        _check_lengths,
+        _quiet_libraries,
+        data_fingerprint,
+        recipe_tokenizer,
+    )
+    from hfpipe.cache import prepare_split
+    from hfpipe.data import load_raw
+    from hfpipe.recipe import dump_recipe
+    from hfpipe.runner import BatchSampler, resolve_metric_for_best, split_lengths
+    from hfpipe.tasks import get_task
+
+    _quiet_libraries()
+    started = time.perf_counter()
+    task = get_task(recipe.task)
+    raw = load_raw(recipe)
+    head_kwargs = task.configure(raw, recipe)
+    tokenizer = recipe_tokenizer(recipe, task, raw)
+    model = _meta_model(recipe, task, tokenizer, head_kwargs)
+    config = model.config
+    if recipe.tokenizer.train is not None:
+        tokenizer.model_max_length = getattr(config, "max_position_embeddings", None) or 512
+    _check_lengths(recipe, config)
+    _check_label_smoothing(recipe, config)
+    resolve_metric_for_best(recipe, task, config)
+
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan: dict = {
+        "recipe": dump_recipe(recipe),
+        "task": recipe.task,
+        "model": {
+            "source": recipe.model.name_or_path or f"{recipe.model.architecture} built from config",
+            "type": config.model_type,
+            "parameters": total,
+            "trainable": trainable,
+            "adapter": recipe.peft.method if recipe.peft is not None else None,
+            "fp32_weights_mb": round(total * 4 / 2**20, 1),
+        },
+        "tokenizer": {
+            "class": type(tokenizer).__name__,
+            "vocab_size": len(tokenizer),
+            "source": "trained on the training text"
+            if recipe.tokenizer.train is not None
+            else (recipe.tokenizer.name_or_path or recipe.model.name_or_path),
+        },
+        "splits": {},
+    }
+    digests = data_fingerprint(recipe)
+    streaming = recipe.data.streaming
+    prepared = {
+        name: prepare_split(raw, name, tokenizer, config, recipe, task, digests)
+        for name in raw.splits
+        if not (name == "train" and streaming)
+    }
+    for name, split in prepared.items():
+        plan["splits"][name] = _split_stats(recipe.task, raw, name, tokenizer, recipe, split, config)
+
+    spec = recipe.train
+    accumulation = spec.accumulation(processes)
+    global_batch = spec.batch_size * processes * accumulation
+    batching: dict = {
+        "batch_size_per_process": spec.batch_size,
+        "processes": processes,
+        "accumulation": accumulation,
+        "global_batch": global_batch,
+    }
+    train = prepared.get("train")
+    if train is not None:
+        _, lengths = split_lengths(train)
+        sampler = BatchSampler(
+            lengths, spec.batch_size * processes, spec.seed, spec.group_by_length, accumulation
+        )
+        steps_per_epoch = math.ceil(len(lengths) / global_batch)
+        total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
+        padded = recipe.task not in ("causal-lm", "masked-lm")
+        batching |= {
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            "epochs": round(total_steps / steps_per_epoch, 3),
+            "warmup_steps": spec.warmup_steps
+            if spec.warmup_steps is not None
+            else math.ceil(spec.warmup_ratio * total_steps),
+        }
+        if padded:
+            batching["padding_fraction"] = round(sampler.padding_fraction(), 4)
+            if spec.group_by_length:
+                batching["padding_fraction_without_grouping"] = round(
+                    BatchSampler(lengths, spec.batch_size * processes, spec.seed, False).padding_fraction(), 4
+                )
+    else:
+        total_steps = spec.max_steps
+        batching |= {"total_steps": total_steps, "steps_per_epoch": None}
+    plan["batching"] = batching
+    validation = prepared.get("validation")
+    evaluations = 0
+    if validation is not None and total_steps:
+        if spec.eval_every == "epoch":
+            evaluations = max(1, math.ceil(batching["epochs"])) if batching.get("steps_per_epoch") else 1
+        elif isinstance(spec.eval_every, int):
+            evaluations = total_steps // spec.eval_every + (total_steps % spec.eval_every != 0)
+        else:
+            evaluations = 1  # the final model is always evaluated
+    plan["evaluations"] = evaluations
+    plan["prepared_in_s"] = round(time.perf_counter() - started, 2)
+
+    if timing_steps and train is not None and total_steps:
+        plan["timing"] = _time_steps(
+            recipe, task, tokenizer, head_kwargs, config, train, validation, sampler, timing_steps
+        )
+        step_s = plan["timing"]["step_s"]
+        eval_batches = (
+            math.ceil(len(validation) / (spec.eval_batch_size or spec.batch_size)) if validation else 0
+        )
+        eval_s = evaluations * eval_batches * plan["timing"].get("eval_batch_s", 0.0)
+        plan["estimate_s"] = {
+            "training": round(total_steps * step_s, 1),
+            "evaluation": round(eval_s, 1),
+            "total": round(total_steps * step_s + eval_s, 1),
+        }
+    return plan
+
+
+def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation, sampler, steps: int) -> dict:
+    """Seconds per optimizer step (forward, backward, clipping, fused AdamW) over `steps` steps spread over
+    the epoch's batches, after one warm-up step; and seconds per evaluation batch (forward only)."""
+    import copy
+
+    import torch
+
+    from hfpipe.runner import _optimizer, split_lengths
+
+    model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config))
+    model.train()
+    optimizer = _optimizer(model, recipe.train)
+    collate = task.collator(tokenizer, recipe)
+    train, _ = split_lengths(train)
+    step_batches = sampler.step_batches()
+    chosen = [step_batches[round(i * (len(step_batches) - 1) / max(steps, 1))] for i in range(steps + 1)]
+    size = sampler.batch_size
+
+    def one_step(indices) -> None:
+        for start in range(0, len(indices), size):
+            batch = collate(train.__getitems__(indices[start : start + size]))
+            model(**batch).loss.backward()
+        if recipe.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    one_step(chosen[0])  # warm-up: allocator, kernels
+    began = time.perf_counter()
+    for indices in chosen[1:]:
+        one_step(indices)
+    step_s = (time.perf_counter() - began) / steps
+    out = {"steps_timed": steps, "step_s": round(step_s, 4), "threads": torch.get_num_threads()}
+    if validation is not None and len(validation):
+        eval_collate = task.collator(tokenizer, recipe, train=False)
+        validation, _ = split_lengths(validation)
+        size = recipe.train.eval_batch_size or recipe.train.batch_size
+        batches = [
+            list(range(i, min(i + size, len(validation))))
+            for i in range(0, min(len(validation), 2 * size), size)
+        ]
+        model.eval()
+        began = time.perf_counter()
+        with torch.no_grad():
+            for indices in batches:
+                model(**eval_collate(validation.__getitems__(indices)))
+        out["eval_batch_s"] = round((time.perf_counter() - began) / len(batches), 4)
+    return out
+
+
+def render(plan: dict, full_recipe: bool = False) -> str:
+    """The plan as text for a terminal."""
+    from hfpipe.cli.common import table
+
+    lines = []
+    if full_recipe:
+        lines += ["Resolved recipe:", "", plan["recipe"].rstrip(), ""]
+    m, t = plan["model"], plan["tokenizer"]
+    lines += [
+        f"task        {plan['task']}",
+        f"model       {m['source']} ({m['type']}): {m['parameters']:,} parameters"
+        + (f", {m['trainable']:,} trainable ({m['adapter']})" if m["adapter"] else "")
+        + f", {m['fp32_weights_mb']} MB of fp32 weights",
+        f"tokenizer   {t['class']}, {t['vocab_size']:,} tokens, {t['source']}",
+        "",
+    ]
+    rows = []
+    for name, s in plan["splits"].items():
+        tokens = s.get("tokens") or {}
+        lengths = " / ".join(f"{tokens[k]}" for k in ("p50", "p90", "p99", "max") if k in tokens)
+        notes = []
+        for key, label in (
+            ("truncated", "cut by max_length"),
+            ("targets_truncated", "targets cut"),
+            ("longer_than_a_window", "longer than a window"),
+            ("answers_lost", "answers in no window"),
+            ("at_max_length", "at max_length"),
+        ):
+            if key in s:
+                notes.append(f"{s[key]:,} {label}")
+        if "windows_per_example" in s:
+            notes.append(f"{s['windows_per_example']} windows per example")
+        if "packing" in s:
+            p = s["packing"]
+            notes.append(
+                f"{p['tokens']:,} tokens -> {p['blocks']:,} blocks of {p['block_size']} ({p['efficiency']:.1%} used)"
+            )
+        if "target_tokens" in s:
+            tt = s["target_tokens"]
+            notes.append("targets " + " / ".join(f"{tt[k]}" for k in ("p50", "p90", "p99", "max") if k in tt))
+        rows.append((name, f"{s['examples']:,}", f"{s['features']:,}", lengths, "; ".join(notes)))
+    lines += [table(rows, ("split", "examples", "features", "tokens p50 / p90 / p99 / max", "notes")), ""]
+    b = plan["batching"]
+    lines.append(
+        f"batch       {b['batch_size_per_process']} per process x {b['processes']} process(es) x "
+        f"{b['accumulation']} accumulation = {b['global_batch']} per step"
+    )
+    if b.get("steps_per_epoch"):
+        lines.append(
+            f"steps       {b['total_steps']:,} ({b['steps_per_epoch']:,} per epoch x {b['epochs']} epochs), "
+            f"{b['warmup_steps']:,} warmup"
+        )
+    else:
+        lines.append(f"steps       {b['total_steps']:,} (streamed)")
+    if "padding_fraction" in b:
+        grouped = (
+            f" (without length grouping: {b['padding_fraction_without_grouping']:.1%})"
+            if "padding_fraction_without_grouping" in b
+            else ""
+        )
+        lines.append(f"padding     {b['padding_fraction']:.1%} of the batch slots{grouped}")
+    lines.append(f"evaluations {plan['evaluations']}")
+    if "estimate_s" in plan:
+        e, timing = plan["estimate_s"], plan["timing"]
+        lines.append(
+            f"time        ~{_human(e['total'])} on this machine: training {_human(e['training'])} "
+            f"({timing['step_s']:.3f} s a step, {timing['steps_timed']} steps timed on random weights, "
+            f"{timing['threads']} threads) + evaluation {_human(e['evaluation'])} (forward passes; generation "
+            "in evaluation is not timed)"
+        )
+    lines.append(
+        f"planned in  {plan['prepared_in_s']:.1f} s (data and tokenizer; prepared splits are cached for training)"
+    )
+    return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
