@@ -503,6 +503,37 @@ def plan(
         console.final_json(result)
 
 
+def attention(
+    run_dir: RunDirArg,
+    text: Annotated[str, typer.Option("--text", "-t", help="The input to look at.", show_default=False)],
+    text_pair: Annotated[
+        str | None, typer.Option("--text-pair", help="Second text (sentence pairs; QA: the context).")
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Encoder-decoders: the output to look at (default: the model's own)."),
+    ] = None,
+    layer: Annotated[int | None, typer.Option("--layer", "-l", help="Only this layer (from 0).")] = None,
+    head: Annotated[int | None, typer.Option("--head", help="Only this head (from 0).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the PNGs.")] = Path(
+        "attention"
+    ),
+) -> None:
+    """Heat maps of the model's attention weights for one input: tokens on both axes, a grid of heads per
+    layer (or one head); encoder, decoder and cross-attention where the model has them."""
+    setup_logging()
+    with user_errors():
+        from hfpipe.api import open_run
+        from hfpipe.attention import attention_maps, write
+
+        _, task, model, tokenizer = open_run(run_dir)
+        maps = attention_maps(
+            model, tokenizer, text, text_pair, target, causal=task.peft_task_type == "CAUSAL_LM"
+        )
+        for path in write(maps, output, layer, head):
+            typer.echo(f"wrote {path}")
+
+
 def report(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Run directories to plot and compare.", show_default=False)
@@ -569,4 +600,5 @@ def register(app: typer.Typer) -> None:
     app.command()(push)
     app.command()(report)
     app.command()(plan)
+    app.command()(attention)
     app.command()(fewshot)
