@@ -246,8 +246,9 @@ def test_model_config_keys_are_checked_when_building(tmp_path):
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_bundled_recipe_validates_and_says_how_to_run_it(path):
     recipe = load_recipe(path)
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# hfpipe ") and path.name in first
+    schema, command = path.read_text().splitlines()[:2]  # the editor's schema line, then the command
+    assert schema.startswith("# yaml-language-server: $schema=")
+    assert command.startswith("# hfpipe ") and path.name in command
     assert recipe.description
 
 
