@@ -165,9 +165,20 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def start_trackers(accelerator, recipe, run_dir: Path) -> list[str]:
+TRACKING_STATE = "tracking.json"  # the MLflow run id, so that a resumed run logs into the same run
+
+
+def finish_trackers(accelerator) -> None:
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+
+
+def start_trackers(accelerator, recipe, run_dir: Path, resumed_at: int | None = None) -> list[str]:
     """Start the recipe's TensorBoard / MLflow trackers (jsonl is metrics.jsonl, always written): the
-    run's name, its tags and the whole recipe as parameters. Returns the trackers started."""
+    run's name, its tags and the whole recipe as parameters. A resumed run (`resumed_at`: its checkpoint's
+    step) drops TensorBoard events logged after the checkpoint, as metrics.jsonl does, and continues the
+    same MLflow run. Returns the trackers started."""
     names = [t for t in recipe.tracking if t != "jsonl"]
     if not names:
         return []
@@ -175,6 +186,9 @@ def start_trackers(accelerator, recipe, run_dir: Path) -> list[str]:
 
     name = recipe.name or Path(recipe.output_dir).name
     init_kwargs: dict = {}
+    if "tensorboard" in names and resumed_at is not None:
+        init_kwargs["tensorboard"] = {"purge_step": resumed_at + 1}
+    saved = json.loads((run_dir / TRACKING_STATE).read_text()) if (run_dir / TRACKING_STATE).exists() else {}
     if "mlflow" in names:
         if accelerator.is_main_process and not os.environ.get("MLFLOW_TRACKING_URI"):
             import mlflow
@@ -184,6 +198,8 @@ def start_trackers(accelerator, recipe, run_dir: Path) -> list[str]:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
         init_kwargs["mlflow"] = {"run_name": name, "tags": {tag: "true" for tag in recipe.tags}}
+        if resumed_at is not None and saved.get("mlflow_run_id"):
+            init_kwargs["mlflow"]["run_id"] = saved["mlflow_run_id"]
     from accelerate.tracking import filter_trackers
 
     # The Accelerator was made before the run directory existed (nothing may touch it before every check
@@ -194,12 +210,26 @@ def start_trackers(accelerator, recipe, run_dir: Path) -> list[str]:
     config = _flat(recipe.model_dump(mode="json"))
     config["tags"] = ", ".join(recipe.tags)
     try:
-        accelerator.init_trackers(name, config=config, init_kwargs=init_kwargs)
+        # A resumed run's parameters are logged already (MLflow refuses a changed value, and `train` may
+        # change on resume: more steps).
+        accelerator.init_trackers(
+            name, config=None if resumed_at is not None else config, init_kwargs=init_kwargs
+        )
     except Exception as exc:  # a tracker's own failure (a server down, a bad URI): one line, not a traceback
+        for tracker in accelerator.trackers:  # the ones that did start
+            try:
+                tracker.finish()
+            except Exception:  # noqa: BLE001, S110  (already failing: the first error is the one to show)
+                pass
+        accelerator.trackers = []
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise HfpipeError(
             f"tracking: {', '.join(names)} did not start: {type(exc).__name__}: {first}"
         ) from None
+    if accelerator.is_main_process:
+        for tracker in accelerator.trackers:
+            if tracker.name == "mlflow" and getattr(tracker, "active_run", None) is not None:
+                io.write_json(run_dir / TRACKING_STATE, {"mlflow_run_id": tracker.active_run.info.run_id})
     return names
 
 
@@ -450,7 +480,7 @@ def fit(
     last_eval_step = last_save_step = -1
     stop = False
 
-    trackers = start_trackers(accelerator, recipe, run_dir)
+    trackers: list[str] = []  # started just before the loop, once the resume checks have passed
 
     def record(kind: str, values: dict) -> None:
         if accelerator.is_main_process:
@@ -610,6 +640,9 @@ def fit(
         raise TrainingInterrupted(stopper.signal_name, state.step)
 
     try:
+        trackers = start_trackers(
+            accelerator, recipe, run_dir, resumed_at=state.step if resume_from else None
+        )
         for epoch in range(start_epoch, num_epochs if state.step < total_steps and not stop else start_epoch):
             state.epoch = epoch
             # Accelerate re-seeds the sampler (or stream) with the loader's own epoch counter when a pass
@@ -786,8 +819,9 @@ def fit(
     finally:
         stopper.restore()  # also when training stops with an error
         bar.close()  # the terminal gets its cursor back, whatever happened
-        if trackers:
-            accelerator.end_training()  # flushes TensorBoard's writer, ends the MLflow run
+        # Flush TensorBoard's writer, end the MLflow run; not accelerator.end_training(), which also
+        # destroys the process group that the rest of the run (test scoring, saving) still needs.
+        finish_trackers(accelerator)
     runtime = time.perf_counter() - started
     state.train_seconds = trained_seconds()
     accelerator.wait_for_everyone()

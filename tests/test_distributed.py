@@ -37,6 +37,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
     )
     command = [sys.executable, "-m", "hfpipe", "train", str(RECIPES / "quickstart.yaml"), *SETTINGS]
     command += ["train.batch_size=8", f"output_dir={tmp_path / 'two'}", "--num-processes", "2"]
+    command += ["tracking=[jsonl, tensorboard]"]  # trackers end without ending the process group
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two"
@@ -60,6 +61,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
         (r["type"], r["step"]) for r in map(json.loads, (one / "metrics.jsonl").read_text().splitlines())
     ]
     assert done.stdout.count("run directory:") == 1
+    assert len(list((two / "tensorboard").rglob("events.out.tfevents.*"))) >= 1  # the main process's
     # The same loss at every logged step (mean over the processes' halves = the one process's mean), and
     # the weights moved: the runs agree along the way, not only at an untrained start.
     losses = [

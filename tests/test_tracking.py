@@ -89,3 +89,30 @@ def test_a_missing_tracker_package_is_a_recipe_error_before_anything_runs(tmp_pa
     ):
         train(recipe)
     assert not out.exists()
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_log(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    common = [
+        *TINY,
+        "data.builtin.train_size=256",
+        "train.log_every=2",
+        "train.save_every=4",
+        "train.eval_every=4",
+    ]
+    common += ["name=resumed", "tracking=[tensorboard, mlflow]", f"output_dir={out}"]
+    train(load_recipe(RECIPES / "quickstart.yaml", [*common, "train.max_steps=8"]))
+    train(load_recipe(RECIPES / "quickstart.yaml", [*common, "train.max_steps=12"]), resume=True)
+
+    client = MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == sorted(steps) and steps[-1] == 12 and 8 in steps
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")] == [4, 8, 12]
+    events = EventAccumulator(str(out / "tensorboard" / "resumed")).Reload()
+    written = [e.step for e in events.Scalars("train/loss")]
+    assert written == list(range(2, 13, 2))  # each step once, across the resume
