@@ -196,3 +196,30 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     newest.write_text(json.dumps({**saved, "processes": 2}))  # as a 2-process run would have saved it
     with pytest.raises(UsageError, match=r"saved by 2 process\(es\) and resumes in 1.*--num-processes 2"):
         train(recipe, resume=True)
+    # from the command line, the launching process refuses before any process starts
+    import subprocess as sp
+
+    command = [sys.executable, "-m", "hfpipe", "train", str(RECIPES / "quickstart.yaml"), *settings]
+    done = sp.run(
+        [*command, f"output_dir={run}", "--resume", "--num-processes", "3"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "saved by 2 process(es) and resumes in 3" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_user_error_inside_launched_processes_keeps_its_exit_code(tmp_path):
+    """torchrun reports any failed process as 1; hfpipe's processes leave their error's code for the parent."""
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood film,positive\n,negative\n")
+    command = [sys.executable, "-m", "hfpipe", "train", str(RECIPES / "quickstart.yaml"), *TINY]
+    command += [
+        "~data.builtin",
+        f"data.train={data}",
+        f"output_dir={tmp_path / 'run'}",
+        "--num-processes",
+        "2",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "d.csv:3: " in done.stderr and "empty text" in done.stderr

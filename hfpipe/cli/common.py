@@ -82,10 +82,26 @@ def user_errors():
         yield
     except HfpipeError as exc:
         typer.echo(str(exc), err=True)
+        _report_exit(exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
+        _report_exit(130)
         raise typer.Exit(130) from None
+
+
+def _report_exit(code: int) -> None:
+    """Inside a process started by `hfpipe train --num-processes` (accelerate launch / torchrun), leave the
+    error's exit code where the parent finds it: torchrun reports any failure as 1."""
+    import os
+
+    path = os.environ.get("HFPIPE_EXIT_FILE")
+    if path:
+        try:
+            with open(path, "x") as f:  # the first process to fail decides
+                f.write(str(code))
+        except OSError:
+            pass
 
 
 class _StderrHandler(logging.StreamHandler):

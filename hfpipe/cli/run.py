@@ -64,6 +64,10 @@ def train(
             # comes back through torchrun's report).
             if processes:
                 loaded.train.accumulation(processes)
+                _check_resume_processes(loaded, processes, resume, overwrite)
+            from hfpipe.runner import check_trackers
+
+            check_trackers(loaded)
             # Not yet inside a launched process: hand over to Accelerate's launcher, which starts this
             # command again in every process.
             args = [
@@ -84,10 +88,30 @@ def train(
             _summary(run_dir)
 
 
+def _check_resume_processes(recipe, processes: int, resume: bool, overwrite: bool) -> None:
+    """A resume with another process count, refused before any process starts (the processes would)."""
+    if overwrite or not (resume or recipe.train.resume == "auto"):
+        return
+    from hfpipe.errors import UsageError
+    from hfpipe.runner import latest_checkpoint
+
+    checkpoint = latest_checkpoint(Path(recipe.output_dir).resolve())
+    if checkpoint is None or not (checkpoint / "trainer_state.json").exists():
+        return
+    saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("processes")
+    if saved not in (None, processes):
+        raise UsageError(
+            f"the run was saved by {saved} process(es) and resumes in {processes}: each process restores its "
+            f"own random state and share of the batches, so resume with --num-processes {saved}"
+        )
+
+
 def _launch(recipe: Path, args: list[str], processes: int | None, config_file) -> int:
-    """Run `accelerate launch [--config_file F] [--num_processes N] -m hfpipe train RECIPE ARGS`; its exit code."""
+    """Run `accelerate launch [--config_file F] [--num_processes N] -m hfpipe train RECIPE ARGS`; its exit
+    code: the one-line error's code of a process that failed with one (torchrun itself only says 1)."""
     import subprocess
     import sys
+    import tempfile
 
     from hfpipe.errors import RecipeError
 
@@ -113,7 +137,15 @@ def _launch(recipe: Path, args: list[str], processes: int | None, config_file) -
             # its share of the cores rather than all of them.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     command += ["-m", "hfpipe", "train", str(recipe), *args]
-    return subprocess.call(command, env=env)
+    with tempfile.TemporaryDirectory(prefix="hfpipe-launch-") as folder:
+        exit_file = Path(folder) / "exit-code"
+        env["HFPIPE_EXIT_FILE"] = str(exit_file)  # cli.common.user_errors writes a user error's code here
+        code = subprocess.call(command, env=env)
+        if code and exit_file.exists():
+            written = exit_file.read_text().strip()
+            if written.isdigit():
+                return int(written)
+        return code
 
 
 def _summary(run_dir: Path) -> None:
