@@ -798,6 +798,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
             folder_path=str(run_dir),
             repo_id=repo_id,

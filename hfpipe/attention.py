@@ -29,6 +29,16 @@ def attention_maps(
     """The attention weights of `model` on one input; `causal` for a decoder-only language model."""
     import torch
 
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.is_prompt_learning:
+        from hfpipe.errors import UsageError
+
+        # PEFT feeds the learned prefix to every layer as extra keys; its base model alone would show
+        # attention without them, which is not what the run computes.
+        raise UsageError(
+            f"attention maps of {config.peft_type.value.lower()} runs are not supported (the learned "
+            "virtual tokens are keys the maps would leave out); LoRA and IA3 runs are"
+        )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = base.config._attn_implementation
     base.set_attn_implementation("eager")

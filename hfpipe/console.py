@@ -50,7 +50,10 @@ def final_json(record: dict) -> None:
     if SETTINGS.json:
         import json
 
-        print(json.dumps(record, default=str), flush=True)
+        from hfpipe.io import _jsonable
+
+        # strict JSON: a NaN / infinite metric becomes null (as in metrics.json), never a bare NaN token
+        print(json.dumps(_jsonable(record), default=str, allow_nan=False), flush=True)
 
 
 def interactive() -> bool:

@@ -246,25 +246,28 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
         batching |= {"total_steps": total_steps, "steps_per_epoch": None}
     plan["batching"] = batching
     validation = prepared.get("validation")
+    # As the runner: no evaluation without validation examples or with eval_every: never; otherwise at each
+    # epoch's end / every N steps, and always at the end.
     evaluations = 0
-    if validation is not None and total_steps:
+    if validation is not None and len(validation) and spec.eval_every != "never" and total_steps:
+        per_epoch = batching.get("steps_per_epoch")
         if spec.eval_every == "epoch":
-            evaluations = max(1, math.ceil(batching["epochs"])) if batching.get("steps_per_epoch") else 1
-        elif isinstance(spec.eval_every, int):
-            evaluations = total_steps // spec.eval_every + (total_steps % spec.eval_every != 0)
+            evaluations = math.ceil(total_steps / per_epoch) if per_epoch else 1
         else:
-            evaluations = 1  # the final model is always evaluated
+            evaluations = total_steps // spec.eval_every + (total_steps % spec.eval_every != 0)
     plan["evaluations"] = evaluations
     plan["prepared_in_s"] = round(time.perf_counter() - started, 2)
 
-    if timing_steps and train is not None and total_steps:
+    skip = _timing_skipped(total)
+    if skip:
+        plan["timing_skipped"] = skip
+    elif timing_steps and train is not None and total_steps:
         plan["timing"] = _time_steps(
             recipe, task, tokenizer, head_kwargs, config, train, validation, sampler, timing_steps
         )
         step_s = plan["timing"]["step_s"]
-        eval_batches = (
-            math.ceil(len(validation) / (spec.eval_batch_size or spec.batch_size)) if validation else 0
-        )
+        eval_size = (spec.eval_batch_size or 2 * spec.batch_size) * processes
+        eval_batches = math.ceil(len(validation) / eval_size) if validation else 0
         eval_s = evaluations * eval_batches * plan["timing"].get("eval_batch_s", 0.0)
         plan["estimate_s"] = {
             "training": round(total_steps * step_s, 1),
@@ -274,52 +277,92 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
     return plan
 
 
+def _timing_skipped(parameters: int) -> str | None:
+    """Why timing would not fit here (weights, gradients and AdamW's two moments in fp32: 16 bytes per
+    parameter, against half of this machine's memory), or None."""
+    import os
+
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    needed = 16 * parameters
+    if needed > memory / 2:
+        return (
+            f"not timed: training this model needs ~{needed / 2**30:.0f} GiB (fp32 weights, gradients, AdamW "
+            f"state) and this machine has {memory / 2**30:.0f} GiB"
+        )
+    return None
+
+
 def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation, sampler, steps: int) -> dict:
-    """Seconds per optimizer step (forward, backward, clipping, fused AdamW) over `steps` steps spread over
-    the epoch's batches, after one warm-up step; and seconds per evaluation batch (forward only)."""
+    """Seconds per optimizer step of one process (its share of the global batch: batch_size per pass,
+    accumulation passes; forward, backward, clipping, fused AdamW; on the device and precision training
+    uses) over `steps` steps spread over the epoch's batches, after a warm-up step; and seconds per
+    evaluation batch (forward only)."""
     import copy
 
     import torch
 
-    from hfpipe.runner import _optimizer, split_lengths
+    from hfpipe.runner import _optimizer, make_accelerator, split_lengths
 
-    model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config))
+    accelerator = make_accelerator(recipe)
+    model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config)).to(accelerator.device)
     model.train()
     optimizer = _optimizer(model, recipe.train)
     collate = task.collator(tokenizer, recipe)
     train, _ = split_lengths(train)
     step_batches = sampler.step_batches()
     chosen = [step_batches[round(i * (len(step_batches) - 1) / max(steps, 1))] for i in range(steps + 1)]
-    size = sampler.batch_size
+    size = sampler.batch_size  # a pass of all processes: this process takes the first share of it
+    share = recipe.train.batch_size
+
+    def on_device(batch):
+        return {k: v.to(accelerator.device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    def synchronize() -> None:
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def one_step(indices) -> None:
         for start in range(0, len(indices), size):
-            batch = collate(train.__getitems__(indices[start : start + size]))
-            model(**batch).loss.backward()
+            batch = on_device(collate(train.__getitems__(indices[start : start + size][:share])))
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            loss.backward()
         if recipe.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     one_step(chosen[0])  # warm-up: allocator, kernels
+    synchronize()
     began = time.perf_counter()
     for indices in chosen[1:]:
         one_step(indices)
+    synchronize()
     step_s = (time.perf_counter() - began) / steps
-    out = {"steps_timed": steps, "step_s": round(step_s, 4), "threads": torch.get_num_threads()}
+    out = {
+        "steps_timed": steps,
+        "step_s": round(step_s, 4),
+        "device": str(accelerator.device),
+        "precision": recipe.train.precision,
+        "threads": torch.get_num_threads(),
+    }
     if validation is not None and len(validation):
         eval_collate = task.collator(tokenizer, recipe, train=False)
         validation, _ = split_lengths(validation)
-        size = recipe.train.eval_batch_size or recipe.train.batch_size
+        size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
         batches = [
             list(range(i, min(i + size, len(validation))))
             for i in range(0, min(len(validation), 2 * size), size)
         ]
         model.eval()
         began = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():
             for indices in batches:
-                model(**eval_collate(validation.__getitems__(indices)))
+                model(**on_device(eval_collate(validation.__getitems__(indices))))
+        synchronize()
         out["eval_batch_s"] = round((time.perf_counter() - began) / len(batches), 4)
     return out
 
@@ -386,12 +429,14 @@ def render(plan: dict, full_recipe: bool = False) -> str:
         )
         lines.append(f"padding     {b['padding_fraction']:.1%} of the batch slots{grouped}")
     lines.append(f"evaluations {plan['evaluations']}")
+    if "timing_skipped" in plan:
+        lines.append(f"time        {plan['timing_skipped']}")
     if "estimate_s" in plan:
         e, timing = plan["estimate_s"], plan["timing"]
         lines.append(
             f"time        ~{_human(e['total'])} on this machine: training {_human(e['training'])} "
             f"({timing['step_s']:.3f} s a step, {timing['steps_timed']} steps timed on random weights, "
-            f"{timing['threads']} threads) + evaluation {_human(e['evaluation'])} (forward passes; generation "
+            f"{timing['device']}, {timing['precision']}, {timing['threads']} threads) + evaluation {_human(e['evaluation'])} (forward passes; generation "
             "in evaluation is not timed)"
         )
     lines.append(

@@ -37,12 +37,12 @@ def load_run(path: str | Path) -> Run:
 
     path = Path(path)
     log = path / io.METRICS_LOG
-    if not (path / io.RECIPE).exists() or not log.exists():
-        raise RunError(f"no {io.RECIPE} or {io.METRICS_LOG}: not an hfpipe run directory", file=str(path))
+    if not (path / io.RECIPE).exists():
+        raise RunError(f"no {io.RECIPE}: not an hfpipe run directory", file=str(path))
     recipe = yaml.safe_load((path / io.RECIPE).read_text(encoding="utf-8")) or {}
     summary = json.loads((path / io.METRICS).read_text()) if (path / io.METRICS).exists() else {}
     run = Run(path, recipe.get("name") or path.name, recipe, summary)
-    lines = log.read_text(encoding="utf-8").splitlines()
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []  # nothing logged yet
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -114,7 +114,8 @@ def figures(runs: list[Run]) -> dict[str, object]:
             )
     ax.set(title="Loss", xlabel="step", ylabel="loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     out["loss.png"] = fig
 
     fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
@@ -128,7 +129,8 @@ def figures(runs: list[Run]) -> dict[str, object]:
     ax.set(title="Learning rate", xlabel="step", ylabel="lr")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     out["lr.png"] = fig
 
     metrics = eval_metrics(runs)
@@ -235,8 +237,9 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Plots and summary of the runs in `out_dir`; returns the summary.md path."""
+def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Plots and summary of the runs in `out_dir`; returns the files written (summary.md last but one,
+    summary.html last)."""
     runs = [load_run(path) for path in run_dirs]
     _unique_names(runs)
     out_dir = Path(out_dir)
@@ -295,4 +298,4 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         parts.append(f"<p><img alt='{name}' src='data:image/png;base64,{encoded}'></p>")
     parts.append("</body></html>")
     (out_dir / "summary.html").write_text("".join(parts), encoding="utf-8")
-    return out_dir / "summary.md"
+    return [out_dir / name for name in images] + [out_dir / "summary.md", out_dir / "summary.html"]

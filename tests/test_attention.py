@@ -105,3 +105,14 @@ def test_attention_command(cli, tiny_run, tmp_path, args, written):
 def test_attention_command_refuses_a_layer_the_model_lacks(cli, tiny_run, tmp_path):
     result = cli("attention", tiny_run, "--text", TEXT, "--layer", "7", "-o", tmp_path)
     assert result.exit_code == 2 and "layers 0 to 1" in result.output and not list(tmp_path.glob("*.png"))
+
+
+def test_prefix_tuning_runs_are_refused_rather_than_drawn_without_their_prefix(clm_run):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    from hfpipe.errors import UsageError
+
+    _, _, model, tokenizer = open_run(clm_run)
+    prefixed = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    with pytest.raises(UsageError, match="prefix_tuning runs are not supported"):
+        attention_maps(prefixed, tokenizer, TEXT, causal=True)

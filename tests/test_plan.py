@@ -60,6 +60,13 @@ def test_global_batch_for_several_processes_and_no_timing(cli):
     assert plan["batching"]["accumulation"] == 2 and plan["batching"]["global_batch"] == 64
     assert plan["batching"]["steps_per_epoch"] == math.ceil(500 / 64)
     assert "timing" not in plan and "estimate_s" not in plan
+    assert plan["evaluations"] == 3  # at each epoch's end, as the runner evaluates
+    assert (
+        plan_json(cli, "quickstart.yaml", *SMALL, "train.eval_every=never", "--no-timing")["evaluations"] == 0
+    )
+    assert (
+        plan_json(cli, "quickstart.yaml", *SMALL, "train.eval_every=10", "--no-timing")["evaluations"] == 10
+    )
 
 
 def test_packing_and_qa_windows(cli):

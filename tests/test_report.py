@@ -78,3 +78,25 @@ def test_resumed_and_cut_logs_and_bad_directories(tmp_path, tiny_run, cli):
     assert len(loaded.train) == len(records(tiny_run, "train")) and loaded.train[0]["loss"] == 9.0
     assert recipe_diff([loaded, load_run(tiny_run)]) == []
     assert cli("report", tmp_path / "nowhere", "-o", tmp_path / "r").exit_code == 2
+
+
+def test_a_run_that_logged_nothing_yet_still_reports(tmp_path, tiny_run, cli):
+    run = tmp_path / "starting"
+    run.mkdir()
+    shutil.copy(tiny_run / "recipe.yaml", run / "recipe.yaml")
+    result = cli("report", run, "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "(no final metrics yet)" in (tmp_path / "r" / "summary.md").read_text()
+    assert result.output.count("wrote ") == 4  # loss, lr, summary.md, summary.html: what it wrote
+
+
+def test_json_line_is_strict_json(capsys):
+    from hfpipe import console
+
+    console.configure(json=True)
+    try:
+        console.final_json({"metrics": {"perplexity": float("inf"), "loss": float("nan")}})
+    finally:
+        console.configure()
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line) == {"metrics": {"perplexity": "inf", "loss": None}} and "NaN" not in line

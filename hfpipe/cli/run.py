@@ -580,8 +580,7 @@ def report(
     with user_errors():
         from hfpipe.report import write_report
 
-        summary = write_report(run_dirs, output)
-        for path in sorted(summary.parent.iterdir()):
+        for path in write_report(run_dirs, output):
             typer.echo(f"wrote {path}")
 
 
