@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hfpipe import io
-from hfpipe.errors import DataError, HfpipeError, RunError, UsageError, decode_utf8
+from hfpipe.errors import DataError, HfpipeError, RunError, UsageError, decode_utf8, first_line
 
 log = logging.getLogger("hfpipe")
 
@@ -808,6 +808,5 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
             commit_message=f"hfpipe push of {Path(run_dir).name} ({len(files)} files)",
         )
     except Exception as exc:  # HTTP errors, no network, no token: whatever the client raises, one line
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise HfpipeError(f"push to {repo_id} failed: {type(exc).__name__}: {first}") from None
+        raise HfpipeError(f"push to {repo_id} failed: {type(exc).__name__}: {first_line(exc)}") from None
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)

@@ -88,6 +88,12 @@ class GateFailed(HfpipeError):
     kind = "gate failed"
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 300 characters), or its type's name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def did_you_mean(word: str, options) -> str:
     """' (did you mean 'x'?)' for the closest option, or ''."""
     import difflib

@@ -117,6 +117,17 @@ def _jsonable(value):
     return value
 
 
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested mappings (a recipe) as one level of dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from hfpipe.errors import RecipeError, RunError, did_you_mean
+from hfpipe.errors import first_line as _first_line
 
 log = logging.getLogger("hfpipe")
 
@@ -14,11 +15,6 @@ def auto_class(task):
     import transformers
 
     return getattr(transformers, task.auto_model)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # Config values hfpipe derives from the tokenizer and the data; a recipe setting them would disagree.

@@ -36,7 +36,7 @@ def _meta_model(recipe, task, tokenizer, head_kwargs):
     if recipe.model.architecture:
         with torch.device("meta"):
             return build_model(recipe, task, tokenizer, head_kwargs)
-    from hfpipe.errors import RecipeError
+    from hfpipe.errors import RecipeError, first_line
 
     spec = recipe.model
     try:
@@ -44,9 +44,8 @@ def _meta_model(recipe, task, tokenizer, head_kwargs):
             spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RecipeError(
-            f"cannot load model {spec.name_or_path!r}: {first}", key="model.name_or_path"
+            f"cannot load model {spec.name_or_path!r}: {first_line(exc)}", key="model.name_or_path"
         ) from None
     for key, value in {**spec.config, **head_kwargs}.items():
         setattr(config, key, value)

@@ -161,18 +161,9 @@ def figures(runs: list[Run]) -> dict[str, object]:
     return out
 
 
-def _flat(values, prefix: str = "") -> dict:
-    if not isinstance(values, dict):
-        return {prefix.rstrip("."): values}
-    out = {}
-    for key, value in values.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def recipe_diff(runs: list[Run]) -> list[tuple[str, list]]:
     """(dotted key, one value per run) for every recipe key whose value differs between the runs."""
-    flat = [_flat(run.recipe) for run in runs]
+    flat = [io.flatten(run.recipe) for run in runs]
     keys = sorted({k for f in flat for k in f} - set(NOT_A_DIFFERENCE))
     missing = object()
     rows = []

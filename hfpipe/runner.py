@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hfpipe import io
-from hfpipe.errors import DataError, HfpipeError, RecipeError, TrainingError, UsageError
+from hfpipe.errors import DataError, HfpipeError, RecipeError, TrainingError, UsageError, first_line
 
 log = logging.getLogger("hfpipe")
 
@@ -152,17 +152,12 @@ def check_trackers(recipe) -> None:
             )
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    """A recipe as flat dotted keys with scalar values (what TensorBoard's hparams and MLflow params take)."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        elif value is None or isinstance(value, (list, tuple)):
-            out[f"{prefix}{key}"] = str(value)
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _scalar_params(recipe) -> dict:
+    """The recipe as dotted keys with scalar values (what TensorBoard's hparams and MLflow params take)."""
+    return {
+        key: str(value) if value is None or isinstance(value, (list, tuple)) else value
+        for key, value in io.flatten(recipe.model_dump(mode="json")).items()
+    }
 
 
 TRACKING_STATE = "tracking.json"  # the MLflow run id, so that a resumed run logs into the same run
@@ -207,7 +202,7 @@ def start_trackers(accelerator, recipe, run_dir: Path, resumed_at: int | None = 
     accelerator.project_configuration.set_directories(str(run_dir))
     accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
     accelerator.log_with = filter_trackers(names, accelerator.logging_dir)
-    config = _flat(recipe.model_dump(mode="json"))
+    config = _scalar_params(recipe)
     config["tags"] = ", ".join(recipe.tags)
     try:
         # A resumed run's parameters are logged already (MLflow refuses a changed value, and `train` may
@@ -222,7 +217,7 @@ def start_trackers(accelerator, recipe, run_dir: Path, resumed_at: int | None = 
             except Exception:  # noqa: BLE001, S110  (already failing: the first error is the one to show)
                 pass
         accelerator.trackers = []
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise HfpipeError(
             f"tracking: {', '.join(names)} did not start: {type(exc).__name__}: {first}"
         ) from None
