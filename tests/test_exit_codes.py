@@ -6,6 +6,7 @@ and 130 (SIGTERM) in test_resume.py, 5 (a --fail-under gate) in test_fewshot.py.
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import RECIPES, ROOT
@@ -43,3 +44,30 @@ def test_usage_errors_exit_2_and_leave_no_output_dir(cli, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     result = cli("validate", RECIPES / "quickstart.yaml")
     assert result.exit_code == 0
+
+
+def test_fail_under_gates_of_train_and_evaluate(cli, tmp_path, tiny_run):
+    from conftest import TINY
+
+    test_accuracy = json.loads((tiny_run / "metrics.json").read_text())["test"]["accuracy"]
+    result = cli("evaluate", tiny_run, "--fail-under", f"accuracy={test_accuracy + 0.01}")
+    assert result.exit_code == 5 and f"fail-under: scored accuracy {test_accuracy:.4f} <" in result.output
+    assert cli("evaluate", tiny_run, "--fail-under", f"accuracy={test_accuracy - 0.01}").exit_code == 0
+    result = cli("evaluate", tiny_run, "--fail-under", "f1_macro=0.5")
+    assert (
+        result.exit_code == 2 and "no f1_macro to check (there is: accuracy, f1, loss, mcc)" in result.output
+    )
+
+    out = tmp_path / "run"
+    small = [*TINY, "data.builtin.train_size=256", "train.epochs=1", f"output_dir={out}"]
+    result = cli("train", RECIPES / "quickstart.yaml", *small, "--fail-under", "accuracy=1.01", "--json")
+    assert result.exit_code == 5 and "fail-under: test accuracy" in result.output
+    assert (out / "model.safetensors").exists()  # the run is kept: the gate judges it, it does not undo it
+    assert json.loads(result.stdout.strip().splitlines()[-1])["run_dir"] == str(out)
+    result = cli(
+        "train", RECIPES / "quickstart.yaml", *small, "--overwrite", "--fail-under", "validation.loss=0"
+    )
+    assert result.exit_code == 0
+    for bad in ("accuracy", "accuracy=high", "train.accuracy=0.5"):
+        result = cli("train", RECIPES / "quickstart.yaml", *small, "--overwrite", "--fail-under", bad)
+        assert result.exit_code == 2 and "expected [validation. | test.]METRIC=NUMBER" in result.output

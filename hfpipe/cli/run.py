@@ -34,6 +34,7 @@ def train(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    fail_under: FailUnderOpt = None,
     num_processes: Annotated[
         int | None,
         typer.Option(
@@ -57,6 +58,7 @@ def train(
         from hfpipe.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides or [])
+        gates = [_split_gate(g) for g in fail_under or []]  # a malformed gate fails before anything runs
         processes = num_processes or loaded.accelerate.num_processes
         config_file = accelerate_config or loaded.accelerate.config_file
         if (processes and processes > 1 or config_file) and "LOCAL_RANK" not in os.environ:
@@ -79,6 +81,7 @@ def train(
                 *(["--verbose"] if verbose else []),
                 *(["--quiet"] if quiet else []),
                 *(["--json"] if as_json else []),
+                *(f"--fail-under={g}" for g in fail_under or []),
             ]
             raise typer.Exit(_launch(recipe, args + flags, processes, config_file))
         from hfpipe.api import train as run_train
@@ -86,6 +89,9 @@ def train(
         run_dir = run_train(loaded, overwrite=overwrite, resume=resume)
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not per process
             _summary(run_dir)
+            if gates:  # the run is saved whatever the gate says
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                _check_split_gates(gates, {s: metrics.get(s) for s in ("test", "validation")})
 
 
 def _check_resume_processes(recipe, processes: int, resume: bool, overwrite: bool) -> None:
@@ -200,12 +206,15 @@ def evaluate(
     ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    fail_under: FailUnderOpt = None,
 ) -> None:
     """Score a trained run on --data FILE or on its recipe's test split."""
     setup_logging(quiet=quiet, json=as_json)
     with user_errors():
         from hfpipe import console
         from hfpipe.api import evaluate_run
+
+        gates = [(None, metric, value) for _, metric, value in (_split_gate(g) for g in fail_under or [])]
 
         metrics = evaluate_run(run_dir, str(data) if data else None, split, predictions_dir=predictions)
         console.summary_table([(k, fmt(v)) for k, v in metrics.items()], ("metric", "value"))
@@ -214,6 +223,7 @@ def evaluate(
             from hfpipe.io import write_json
 
             write_json(output, metrics)
+        _check_split_gates(gates, {"scored": metrics})  # after the metrics are written
 
 
 def predict(
@@ -482,6 +492,56 @@ def _failed_gates(results: dict, gates) -> list[str]:
         if not checked:
             raise RecipeError(f"--fail-under: no result {'.'.join(filter(None, [task, metric]))} to check")
     return failed
+
+
+FailUnderOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fail-under",
+        help="[SPLIT.]METRIC=VALUE (repeatable): exit 5 when the metric is below VALUE, e.g. accuracy=0.9, "
+        "validation.f1=0.8 (train: the test split's metric, else validation's).",
+    ),
+]
+
+
+def _split_gate(text: str) -> tuple[str | None, str, float]:
+    """[SPLIT.]METRIC=VALUE -> (split or None, metric, value); a usage error (exit 2) when malformed."""
+    from hfpipe.errors import UsageError
+
+    key, sep, value = text.partition("=")
+    split, dot, metric = key.rpartition(".")
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = None
+    if not sep or not metric or threshold is None or (dot and split not in ("validation", "test")):
+        raise UsageError(f"--fail-under {text!r}: expected [validation. | test.]METRIC=NUMBER")
+    return (split if dot else None), metric, threshold
+
+
+def _check_split_gates(gates, by_split: dict[str, dict]) -> None:
+    """Exit 5 (after saying which) when a gated metric is below its value; a metric the run does not have
+    is a usage error (exit 2). `by_split`: {split: metrics}, in the order a bare METRIC is looked up."""
+    from hfpipe.errors import GateFailed, UsageError
+
+    failed: list[str] = []
+    for split, metric, threshold in gates:
+        candidates = [split] if split else [s for s, m in by_split.items() if m]
+        found = next((s for s in candidates if metric in (by_split.get(s) or {})), None)
+        if found is None:
+            have = sorted({m for metrics in by_split.values() for m in (metrics or {})})
+            raise UsageError(
+                f"--fail-under: no {'.'.join(filter(None, [split, metric]))} to check (there is: {', '.join(have)})"
+            )
+        value = by_split[found][metric]
+        if not isinstance(value, (int, float)) or value < threshold:
+            failed.append(
+                f"{found} {metric} {value:.4f} < {threshold}"
+                if isinstance(value, float)
+                else f"{found} {metric} {value} < {threshold}"
+            )
+    if failed:
+        raise GateFailed("fail-under: " + "; ".join(failed))
 
 
 def merge(
