@@ -102,28 +102,7 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
             model.config._attn_implementation,
         )
         return model
-    from hfpipe.adapters import is_adapter_run
-
-    if is_adapter_run(spec.name_or_path):
-        raise RecipeError(
-            f"{spec.name_or_path} is an adapter run (no full model): `hfpipe merge` it and start from the merged "
-            "directory",
-            key="model.name_or_path",
-        )
-    try:
-        config = transformers.AutoConfig.from_pretrained(
-            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
-    except (OSError, ValueError) as exc:
-        raise RecipeError(
-            f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
-        ) from None
-    _check_config_keys(type(config), spec.config, "model.config")
-    try:
-        for key, value in {**spec.config, **head_kwargs}.items():
-            setattr(config, key, value)
-    except Exception as exc:  # noqa: BLE001  (see above)
-        raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
+    config = pretrained_config(spec, head_kwargs)
     transformers.set_seed(recipe.train.seed)  # a new head is initialised randomly too
     try:
         model, loading = cls.from_pretrained(
@@ -167,6 +146,36 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
 
         model = wrap(model, recipe, task, new_modules=_newly_initialised(loading))
     return model
+
+
+def pretrained_config(spec, head_kwargs: dict[str, Any]):
+    """The config of a pretrained `model.name_or_path` (downloaded or local; no weights) with the recipe's
+    `model.config` values and the head's on top; RecipeError for what cannot load or does not fit."""
+    import transformers
+
+    from hfpipe.adapters import is_adapter_run
+
+    if is_adapter_run(spec.name_or_path):
+        raise RecipeError(
+            f"{spec.name_or_path} is an adapter run (no full model): `hfpipe merge` it and start from the merged "
+            "directory",
+            key="model.name_or_path",
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise RecipeError(
+            f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
+        ) from None
+    _check_config_keys(type(config), spec.config, "model.config")
+    try:
+        for key, value in {**spec.config, **head_kwargs}.items():
+            setattr(config, key, value)
+    except Exception as exc:  # noqa: BLE001  only recipe values go in
+        raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
+    return config
 
 
 def _newly_initialised(loading: dict) -> list[str]:

@@ -29,46 +29,23 @@ def _percentiles(lengths: list[int]) -> dict[str, int]:
 def _meta_model(recipe, task, tokenizer, head_kwargs):
     """The recipe's model on the meta device: a config (downloaded or local), never weights."""
     import torch
-    import transformers
 
-    from hfpipe.models import auto_class, build_model
-
-    if recipe.model.architecture:
-        with torch.device("meta"):
-            return build_model(recipe, task, tokenizer, head_kwargs)
-    from hfpipe.errors import RecipeError, first_line
-
-    spec = recipe.model
-    try:
-        config = transformers.AutoConfig.from_pretrained(
-            spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
-    except (OSError, ValueError) as exc:
-        raise RecipeError(
-            f"cannot load model {spec.name_or_path!r}: {first_line(exc)}", key="model.name_or_path"
-        ) from None
-    for key, value in {**spec.config, **head_kwargs}.items():
-        setattr(config, key, value)
     with torch.device("meta"):
-        model = auto_class(task).from_config(config, trust_remote_code=spec.trust_remote_code)
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
-        if recipe.peft is not None:
-            from hfpipe.adapters import wrap
-
-            model = wrap(model, recipe, task, new_modules=[])
-    return model
+        return _random_model(recipe, task, tokenizer, head_kwargs)
 
 
-def _random_model(recipe, task, tokenizer, head_kwargs, meta_config):
-    """A trainable copy with random weights (what the timing runs on): the built model for `architecture`,
-    the pretrained model's config otherwise; with the recipe's adapter."""
-    from hfpipe.models import _attention, auto_class, build_model
+def _random_model(recipe, task, tokenizer, head_kwargs, config=None):
+    """The recipe's model with random weights, on the current default device (meta for the counts; the CPU
+    or GPU for timing): built as training builds it for `architecture`; for a pretrained name from its
+    config (`config`, or loaded), weights never loaded; with the recipe's adapter."""
+    from hfpipe.models import _attention, auto_class, build_model, pretrained_config
 
     if recipe.model.architecture:
         return build_model(recipe, task, tokenizer, head_kwargs)
-    config = meta_config
-    model = auto_class(task).from_config(config, **_attention(recipe.model))
+    config = config or pretrained_config(recipe.model, head_kwargs)
+    model = auto_class(task).from_config(
+        config, trust_remote_code=recipe.model.trust_remote_code, **_attention(recipe.model)
+    )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if recipe.peft is not None:
