@@ -1012,12 +1012,18 @@ PEER_TASKS = {  # recipe, overrides (data sizes, steps), what it is
     "causal-lm": ("gpt2-clm-pretrain.yaml", [], "GPT-2 of gpt2-clm-pretrain.yaml"),
     "translation": ("marian-translation.yaml", [], "Marian of marian-translation.yaml"),
 }
-PEER_ARMS = ("hfpipe", "plain", "trainer", "trainer-defaults")
+PEER_ARMS = ("hfpipe", "hfpipe-pytorch-ops", "plain", "trainer", "trainer-defaults")
 
 
 def _peer_arm(arm: str, prepared) -> tuple[float, int, int]:
     if arm == "hfpipe":
         return _hfpipe_loop(*prepared, Path("/tmp/hfpipe-bench-peers"))
+    if arm == "hfpipe-pytorch-ops":  # train.fast_kernels off: PyTorch's own dropout, GELU and clipping
+        recipe, *rest = prepared
+        train = recipe.train.model_copy(update={"fast_kernels": False})
+        return _hfpipe_loop(
+            recipe.model_copy(update={"train": train}), *rest, Path("/tmp/hfpipe-bench-peers")
+        )
     if arm == "plain":
         return _plain_loop(*prepared)
     return _trainer_loop(*prepared, Path("/tmp/hfpipe-bench-trainer"), same_batches=arm == "trainer")
@@ -1084,14 +1090,14 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
             f"train.log_every={steps}",
             "output_dir=/tmp/hfpipe-bench-peers",
         ]
-        recipe, task, tokenizer, model, train = _prepared_recipe(recipe_name, overrides)
-        initial = copy.deepcopy(model.state_dict())
+        recipe, task, tokenizer, pristine, train = _prepared_recipe(recipe_name, overrides)
         times: dict[str, list[list[float]]] = {arm: [] for arm in PEER_ARMS}  # per round, per step
         tokens: dict[str, list[int]] = {}
         window: dict[str, list[float]] = {arm: [] for arm in PEER_ARMS}  # per round: tokens/s
         for round_index in range(rounds + 1):  # round 0 warms up (allocator, kernels, imports)
             for arm in PEER_ARMS:
-                model.load_state_dict(initial)
+                # a fresh copy: the same initial weights, and none of hfpipe's module swaps (fast_kernels)
+                model = copy.deepcopy(pristine)
                 shutil.rmtree("/tmp/hfpipe-bench-peers", ignore_errors=True)
                 Path("/tmp/hfpipe-bench-peers").mkdir(parents=True)
                 with _StepClock(task, model) as clock:
@@ -1106,7 +1112,7 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
                 if tokens.setdefault(arm, step_tokens) != step_tokens:
                     raise RuntimeError(f"{arm}: the batches changed between rounds")
                 window[arm].append(sum(step_tokens) / (stamps[-1] - stamps[0]))
-        if tokens["plain"] != tokens["hfpipe"] or tokens["trainer"] != tokens["hfpipe"]:
+        if any(tokens[arm] != tokens["hfpipe"] for arm in ("hfpipe-pytorch-ops", "plain", "trainer")):
             raise RuntimeError("plain / trainer did not train hfpipe's batches")
         speed = {
             arm: sum(tokens[arm]) / sum(statistics.median(step) for step in zip(*times[arm], strict=True))
@@ -1120,6 +1126,8 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
             "hfpipe_over_plain": round(speed["hfpipe"] / speed["plain"], 3),
             "hfpipe_over_trainer_same_batches": round(speed["hfpipe"] / speed["trainer"], 3),
             "hfpipe_over_trainer_defaults": round(speed["hfpipe"] / speed["trainer-defaults"], 3),
+            "fast_kernels_speedup": round(speed["hfpipe"] / speed["hfpipe-pytorch-ops"], 3),
+            "pytorch_ops_over_trainer_same_batches": round(speed["hfpipe-pytorch-ops"] / speed["trainer"], 3),
         }
         print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
     return out

@@ -280,11 +280,13 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
 
     import torch
 
+    from hfpipe.kernels import FastKernels, scale_and_clip_
     from hfpipe.runner import _optimizer, make_accelerator, split_lengths
 
     accelerator = make_accelerator(recipe)
     model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config)).to(accelerator.device)
     model.train()
+    kernels = FastKernels(model, recipe.train, accelerator)  # the kernels training will run
     optimizer = _optimizer(model, recipe.train)
     collate = task.collator(tokenizer, recipe)
     train, _ = split_lengths(train)
@@ -303,10 +305,12 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
     def one_step(indices) -> None:
         for start in range(0, len(indices), size):
             batch = on_device(collate(train.__getitems__(indices[start : start + size][:share])))
-            with accelerator.autocast():
+            with accelerator.autocast(), kernels.dropout:
                 loss = model(**batch).loss
             loss.backward()
-        if recipe.train.max_grad_norm:
+        if kernels.foreach_grads:
+            scale_and_clip_(model.parameters(), None, recipe.train.max_grad_norm)
+        elif recipe.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

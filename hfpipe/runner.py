@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hfpipe import io
 from hfpipe.errors import DataError, HfpipeError, RecipeError, TrainingError, UsageError, first_line
+from hfpipe.kernels import FastKernels, scale_and_clip_
 
 log = logging.getLogger("hfpipe")
 
@@ -419,6 +420,9 @@ def fit(
             num_workers=spec.num_workers,
             generator=generator(),
         )
+    kernels = FastKernels(model, spec, accelerator)  # train.fast_kernels: the same functions, faster
+    if kernels.description:
+        log.info("fast kernels: %s", kernels.description)
     optimizer = _optimizer(model, spec)
     from hfpipe.adapters import register_checkpoint_hooks
 
@@ -672,7 +676,8 @@ def fit(
             for batch_index, batch in enumerate(loader, start=skip):
                 state.batches_in_epoch = batch_index + 1
                 with accelerator.accumulate(model):
-                    outputs = model(**batch)
+                    with kernels.dropout:
+                        outputs = model(**batch)
                     loss = outputs.loss
                     if spec.label_smoothing:
                         loss = smoothed_loss(outputs, batch["labels"], spec.label_smoothing, shift)
@@ -706,17 +711,22 @@ def fit(
                     else:
                         accelerator.backward(loss)
                     _fault("step", state.step + 1)  # test hook: die in the middle of a step
+                    factor = None
                     if accelerator.sync_gradients and normalize:
                         # backward() divided by the accumulation steps and the processes' gradients were
                         # averaged: undo both, then divide by the step's items.
                         total = accelerator.reduce(group_items, "sum") if processes > 1 else group_items
                         factor = processes * accumulation / total.clamp(min=1)
-                        for parameter in model.parameters():
-                            if parameter.grad is not None:
-                                parameter.grad.mul_(factor.to(parameter.grad.dtype))
                         group_items.zero_()
-                    if accelerator.sync_gradients and spec.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                    if accelerator.sync_gradients and kernels.foreach_grads:
+                        scale_and_clip_(model.parameters(), factor, spec.max_grad_norm)
+                    elif accelerator.sync_gradients:
+                        if factor is not None:
+                            for parameter in model.parameters():
+                                if parameter.grad is not None:
+                                    parameter.grad.mul_(factor.to(parameter.grad.dtype))
+                        if spec.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -813,6 +823,7 @@ def fit(
                 stop_on_signal()
     finally:
         stopper.restore()  # also when training stops with an error
+        kernels.restore()  # the model's own activation modules: the model returned is the one saved
         bar.close()  # the terminal gets its cursor back, whatever happened
         # Flush TensorBoard's writer, end the MLflow run; not accelerator.end_training(), which also
         # destroys the process group that the rest of the run (test scoring, saving) still needs.
