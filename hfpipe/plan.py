@@ -305,7 +305,7 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
     def one_step(indices) -> None:
         for start in range(0, len(indices), size):
             batch = on_device(collate(train.__getitems__(indices[start : start + size][:share])))
-            with accelerator.autocast(), kernels.dropout:
+            with accelerator.autocast():
                 loss = model(**batch).loss
             loss.backward()
         if kernels.foreach_grads:

@@ -420,9 +420,6 @@ def fit(
             num_workers=spec.num_workers,
             generator=generator(),
         )
-    kernels = FastKernels(model, spec, accelerator)  # train.fast_kernels: the same functions, faster
-    if kernels.description:
-        log.info("fast kernels: %s", kernels.description)
     optimizer = _optimizer(model, spec)
     from hfpipe.adapters import register_checkpoint_hooks
 
@@ -638,6 +635,9 @@ def fit(
             save_checkpoint()
         raise TrainingInterrupted(stopper.signal_name, state.step)
 
+    kernels = FastKernels(model, spec, accelerator)  # train.fast_kernels: the same functions, faster
+    if kernels.description:
+        log.info("fast kernels: %s", kernels.description)
     try:
         trackers = start_trackers(
             accelerator, recipe, run_dir, resumed_at=state.step if resume_from else None
@@ -676,8 +676,7 @@ def fit(
             for batch_index, batch in enumerate(loader, start=skip):
                 state.batches_in_epoch = batch_index + 1
                 with accelerator.accumulate(model):
-                    with kernels.dropout:
-                        outputs = model(**batch)
+                    outputs = model(**batch)
                     loss = outputs.loss
                     if spec.label_smoothing:
                         loss = smoothed_loss(outputs, batch["labels"], spec.label_smoothing, shift)

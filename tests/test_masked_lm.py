@@ -128,6 +128,27 @@ def test_evaluation_masks_do_not_depend_on_batching(mlm_run):
     assert (collate(features)["labels"] == together).all()  # and again at the next evaluation
 
 
+@pytest.mark.slow
+def test_mlm_pretraining_beats_random_init_at_equal_steps(tmp_path):
+    """The bundled chain, as shipped (about a minute): bert-mlm-pretrain, then 150 fine-tuning steps from
+    it and from random init with the same tokenizer. Measured: 0.871 against 0.516 test accuracy."""
+    mlm = train(
+        load_recipe(
+            RECIPES / "bert-mlm-pretrain.yaml", ["train.save_every=never", f"output_dir={tmp_path / 'mlm'}"]
+        )
+    )
+    accuracy = {}
+    for name in ("from-mlm", "scratch-baseline"):
+        source = "model.name_or_path" if name == "from-mlm" else "tokenizer.name_or_path"
+        run = train(
+            load_recipe(
+                RECIPES / f"bert-sentiment-{name}.yaml", [f"{source}={mlm}", f"output_dir={tmp_path / name}"]
+            )
+        )
+        accuracy[name] = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+    assert accuracy["from-mlm"] > accuracy["scratch-baseline"] + 0.1, accuracy
+
+
 def test_chain_without_its_first_run_says_so(cli, tmp_path):
     result = cli(
         "train",

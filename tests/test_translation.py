@@ -79,9 +79,7 @@ def test_t5_learns_and_scores_with_sacrebleu(t5_run):
     assert metrics["test"]["chrf"] == pytest.approx(
         sacrebleu.corpus_chrf(hypotheses, [list(test["zt"])]).score
     )
-    # learnt something of the target language (untrained: ~2; this tiny model's greedy outputs score
-    # 5.9-10.1 across seeds and train.fast_kernels, at the same loss)
-    assert metrics["test"]["chrf"] > 5
+    assert metrics["test"]["chrf"] > 8  # learnt something of the target language (untrained: ~2)
 
 
 def test_labels_and_decoder_start_per_family(t5_run, tmp_path):

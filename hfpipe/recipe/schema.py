@@ -338,10 +338,10 @@ class Train(Section):
     )
     fast_kernels: bool = Field(
         True,
-        description="Faster kernels computing the same functions: dropout masks on CPU drawn in bulk "
-        "(numpy's PCG64, seeded from torch's generator; 4x faster than PyTorch's CPU dropout), gelu_new "
-        "as PyTorch's fused tanh GELU, gradient scaling and clipping in one foreach pass. false: PyTorch's "
-        "own ops (the dropout masks a plain PyTorch loop draws). Off under train.compile.",
+        description="Faster kernels computing the same functions during training: gelu_new (GPT-2, "
+        "T5 v1.1, ...) as PyTorch's fused tanh GELU (the saved model keeps gelu_new), gradient scaling and "
+        "clipping in one foreach pass. false: the model's own modules and clip_grad_norm_. Off under "
+        "train.compile.",
     )
     eval_every: Annotated[int, Field(ge=1)] | Literal["epoch", "never"] = Field(
         "epoch", description="Evaluate every N optimizer steps, each epoch, or never."
