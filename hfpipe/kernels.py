@@ -26,8 +26,8 @@ __all__ = ["FastKernels", "fast_activations", "scale_and_clip_"]
 
 class FastKernels:
     """What train.fast_kernels turns on for a model about to train with an Accelerator (the runner and
-    plan's step timing use the same): `foreach_grads`, whether the step's gradient scaling and clipping go through scale_and_clip_; `description` for the
-    log (None when off). Swaps the model's gelu_new modules in place until restore(), which fit calls
+    plan's step timing use the same): `foreach_grads`, whether the step's gradient scaling and clipping
+    go through scale_and_clip_; `description` for the log (None when off). Swaps the model's gelu_new modules in place until restore(), which fit calls
     when training ends (evaluations during training run the swapped modules; the model returned, scored
     on the test split and saved has its own)."""
 
@@ -92,7 +92,8 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None):
     coefficient, total = factor, None
     if max_norm:
         device = next(iter(groups))[0]
-        norms = [n.to(device, torch.float32) for g in groups.values() for n in torch._foreach_norm(g)]
+        wide = torch.float64 if any(dtype == torch.float64 for _, dtype in groups) else torch.float32
+        norms = [n.to(device, wide) for g in groups.values() for n in torch._foreach_norm(g)]
         total = torch.linalg.vector_norm(torch.stack(norms))
         if factor is not None:
             total = total * factor
