@@ -1018,7 +1018,7 @@ PEER_ARMS = ("hfpipe", "hfpipe-pytorch-ops", "plain", "trainer", "trainer-defaul
 def _peer_arm(arm: str, prepared) -> tuple[float, int, int]:
     if arm == "hfpipe":
         return _hfpipe_loop(*prepared, Path("/tmp/hfpipe-bench-peers"))
-    if arm == "hfpipe-pytorch-ops":  # train.fast_kernels off: PyTorch's own dropout, GELU and clipping
+    if arm == "hfpipe-pytorch-ops":  # train.fast_kernels off: the model's own GELU, clip_grad_norm_
         recipe, *rest = prepared
         train = recipe.train.model_copy(update={"fast_kernels": False})
         return _hfpipe_loop(
