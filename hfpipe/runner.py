@@ -719,11 +719,8 @@ def fit(
                         group_items.zero_()
                     if accelerator.sync_gradients and kernels.foreach_grads:
                         scale_and_clip_(model.parameters(), factor, spec.max_grad_norm)
-                    elif accelerator.sync_gradients:
-                        if factor is not None:
-                            for parameter in model.parameters():
-                                if parameter.grad is not None:
-                                    parameter.grad.mul_(factor.to(parameter.grad.dtype))
+                    elif accelerator.sync_gradients:  # Accelerate clips (DeepSpeed, FSDP, fp16's scaler)
+                        scale_and_clip_(model.parameters(), factor)  # one multiply (nothing without factor)
                         if spec.max_grad_norm:
                             accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                     optimizer.step()
