@@ -1,6 +1,19 @@
 """Faster kernels for hfpipe's training step, each computing the function PyTorch's own code computes
 (`train.fast_kernels`, on by default; measured in `make bench`, entry peers).
 
+- Dropout on CPU. PyTorch draws a CPU dropout mask one Mersenne-Twister number per element (bernoulli_,
+  ~10 ns an element here: 10-13% of a small model's step). During training, `torch.nn.functional.dropout`
+  (which nn.Dropout and the models' functional calls go through) draws the mask of a float32 CPU tensor
+  in bulk from numpy's PCG64 instead: 32 random bits per element, dropped iff below p x 2^32 (p resolved
+  to 2^-32; PyTorch's own mask resolves it to 2^-24), kept elements scaled by 1 / (1 - p). Each mask's
+  generator is seeded by one draw from torch's CPU generator, so train.seed reproduces a run and a
+  checkpoint's RNG state resumes it; the masks are not the ones torch's generator would have drawn.
+  Other devices, dtypes and in-place calls keep PyTorch's dropout.
+- Attention dropout. PyTorch's scaled_dot_product_attention falls back to its reference math on CPU
+  when dropout is on (and draws that mask with bernoulli_). A model that transformers gave SDPA
+  attention (the recipe names no model.attn_implementation) and that trains with attention dropout
+  runs transformers' eager attention during training: the same math, its dropout through the bulk
+  masks above.
 - gelu_new (GPT-2, T5 v1.1, GPT-Neo, ...) runs during training as PyTorch's fused tanh-approximation
   GELU (transformers' GELUTanh, "equivalent to NewGELU ... but much faster"): one kernel instead of
   eight elementwise ones forward and more backward, 13% of a small GPT-2's step here. Only the modules
@@ -11,27 +24,33 @@
   foreach pass: the norms of all gradients in one call, then one multiply of all of them by
   factor x clip coefficient.
 
-`train.fast_kernels: false` runs the model's own modules and PyTorch's clip_grad_norm_.
+Everything is undone when training ends (restore(), in fit's finally): the model that is scored, saved
+and returned has its own modules and attention, and torch's dropout is PyTorch's again.
+`train.fast_kernels: false` runs the model's own modules, PyTorch's dropout and clip_grad_norm_.
 
-Tried and left out: dropout masks drawn in bulk from numpy's PCG64 instead of PyTorch's CPU bernoulli_
-(4x faster on the op, 10-13% of a small model's step), through a torch function mode. In the training
-loop it was not a consistent gain on this machine (0.93x-1.08x across the three peer models) and it
-changes the dropout masks a seed gives.
+An earlier version drew the bulk masks through a torch function mode, which intercepts every torch call
+of the step: its cost on all the other ops ate most of the gain (0.93x-1.08x in the loop). Replacing the
+one function costs nothing elsewhere.
 """
 
 from __future__ import annotations
 
-__all__ = ["FastKernels", "fast_activations", "scale_and_clip_"]
+__all__ = ["FastKernels", "bulk_dropout", "fast_activations", "scale_and_clip_"]
+
+# config keys of attention-probability dropout (BERT, GPT-2, BART / Marian / Whisper, DistilBERT, ...)
+_ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
 
 
 class FastKernels:
     """What train.fast_kernels turns on for a model about to train with an Accelerator (the runner and
     plan's step timing use the same): `foreach_grads`, whether the step's gradient scaling and clipping
-    go through scale_and_clip_; `description` for the log (None when off). Swaps the model's gelu_new modules in place until restore(), which fit calls
-    when training ends (evaluations during training run the swapped modules; the model returned, scored
-    on the test split and saved has its own)."""
+    go through scale_and_clip_; `description` for the log (None when off). Swaps the model's gelu_new
+    modules, its attention implementation and torch's dropout until restore(), which fit calls when
+    training ends (evaluations during training run the swapped modules, in eval mode without dropout;
+    the model returned, scored on the test split and saved has its own). `attention` is the recipe's
+    model.attn_implementation: a model whose attention the recipe names keeps it."""
 
-    def __init__(self, model, spec, accelerator) -> None:
+    def __init__(self, model, spec, accelerator, attention: str | None = None) -> None:
         from accelerate.utils import DistributedType
 
         # Compiled graphs make their own kernels (train.compile, or a dynamo backend from an Accelerate
@@ -48,18 +67,103 @@ class FastKernels:
         )
         self.description = None
         self._swapped: list = []
+        self._attention: tuple | None = None  # (model, its own implementation)
+        self._dropout = None
         if on:
+            parts = []
+            if accelerator.device.type == "cpu":
+                self._dropout = bulk_dropout()
+                parts.append("CPU dropout masks in bulk")
+                if attention is None:
+                    self._attention = _eager_for_dropout(accelerator, model)
+                    if self._attention:
+                        parts.append("eager attention (SDPA falls back to it with dropout on CPU)")
             self._swapped = fast_activations(model)
-            swapped = len(self._swapped)
-            self.description = f"gelu_new -> fused tanh GELU in {swapped} module(s)" + (
-                ", foreach gradient scaling and clipping" if self.foreach_grads else ""
-            )
+            if self._swapped:
+                parts.append(f"gelu_new -> fused tanh GELU in {len(self._swapped)} module(s)")
+            if self.foreach_grads:
+                parts.append("foreach gradient scaling and clipping")
+            self.description = ", ".join(parts) or None
 
     def restore(self) -> None:
-        """Put the model's own activation modules back."""
+        """Put the model's own activation modules and attention back, and PyTorch's dropout."""
         for module, name, original in self._swapped:
             setattr(module, name, original)
         self._swapped = []
+        if self._attention is not None:
+            model, implementation = self._attention
+            model.set_attn_implementation(implementation)
+            self._attention = None
+        if self._dropout is not None:
+            self._dropout()
+            self._dropout = None
+
+
+def _eager_for_dropout(accelerator, model) -> tuple | None:
+    """Switch a model with SDPA attention and attention dropout to eager attention; (model, "sdpa"), or
+    None when it stays as it is."""
+    inner = accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under an adapter
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    if not any(
+        isinstance(getattr(config, k, None), float) and getattr(config, k) > 0
+        for k in _ATTENTION_DROPOUT_KEYS
+    ):
+        return None
+    can = getattr(inner, "_can_set_attn_implementation", None)
+    if can is None or not can():
+        return None
+    inner.set_attn_implementation("eager")
+    return inner, "sdpa"
+
+
+def bulk_dropout():
+    """Route torch.nn.functional.dropout of float32 CPU tensors in training through bulk masks (the module
+    docstring); returns the function that puts PyTorch's dropout back."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    own = F.dropout
+    bits = np.random.PCG64(0)  # re-seeded for every mask
+    ceiling = 2**32 - 1
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if (
+            not training
+            or not 0.0 < p < 1.0
+            or input.device.type != "cpu"
+            or input.dtype != torch.float32
+            or (inplace and input.requires_grad)
+            or torch.overrides.has_torch_function_unary(input)
+        ):
+            return own(input, p, training, inplace)
+        # One draw from torch's CPU generator (train.seed, a checkpoint's RNG state) picks the state and
+        # the stream (PCG's increment, odd) of this mask's generator.
+        seed = int(torch.randint(0, 2**62, ()))
+        bits.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": (seed * 0x9E3779B97F4A7C15F39CC0605CEDC835) % 2**128, "inc": (seed << 1) | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        n = input.numel()
+        uniform = bits.random_raw((n + 1) // 2).view(np.uint32)[:n]
+        keep = np.multiply(
+            uniform >= min(round(p * 2**32), ceiling), np.float32(1.0 / (1.0 - p)), dtype=np.float32
+        )
+        mask = torch.from_numpy(keep).view(input.shape)
+        return input.mul_(mask) if inplace else input * mask
+
+    F.dropout = dropout
+
+    def restore() -> None:
+        if F.dropout is dropout:
+            F.dropout = own
+
+    return restore
 
 
 def fast_activations(model) -> list:

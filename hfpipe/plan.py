@@ -286,7 +286,8 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
     accelerator = make_accelerator(recipe)
     model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config)).to(accelerator.device)
     model.train()
-    kernels = FastKernels(model, recipe.train, accelerator)  # the kernels training will run
+    # the kernels training will run
+    kernels = FastKernels(model, recipe.train, accelerator, attention=recipe.model.attn_implementation)
     optimizer = _optimizer(model, recipe.train)
     collate = task.collator(tokenizer, recipe)
     train, _ = split_lengths(train)
@@ -315,12 +316,15 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    one_step(chosen[0])  # warm-up: allocator, kernels
-    synchronize()
-    began = time.perf_counter()
-    for indices in chosen[1:]:
-        one_step(indices)
-    synchronize()
+    try:
+        one_step(chosen[0])  # warm-up: allocator, kernels
+        synchronize()
+        began = time.perf_counter()
+        for indices in chosen[1:]:
+            one_step(indices)
+        synchronize()
+    finally:
+        kernels.restore()  # PyTorch's dropout again (bulk masks replace it process-wide)
     step_s = (time.perf_counter() - began) / steps
     out = {
         "steps_timed": steps,

@@ -635,7 +635,8 @@ def fit(
             save_checkpoint()
         raise TrainingInterrupted(stopper.signal_name, state.step)
 
-    kernels = FastKernels(model, spec, accelerator)  # train.fast_kernels: the same functions, faster
+    # train.fast_kernels: the same functions, faster
+    kernels = FastKernels(model, spec, accelerator, attention=recipe.model.attn_implementation)
     if kernels.description:
         log.info("fast kernels: %s", kernels.description)
     try:
@@ -819,7 +820,7 @@ def fit(
                 stop_on_signal()
     finally:
         stopper.restore()  # also when training stops with an error
-        kernels.restore()  # the model's own activation modules: the model returned is the one saved
+        kernels.restore()  # the model's own modules and attention, PyTorch's dropout: the model returned is the one saved
         bar.close()  # the terminal gets its cursor back, whatever happened
         # Flush TensorBoard's writer, end the MLflow run; not accelerator.end_training(), which also
         # destroys the process group that the rest of the run (test scoring, saving) still needs.

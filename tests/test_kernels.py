@@ -12,33 +12,88 @@ from conftest import RECIPES, TINY_GPT2
 
 from hfpipe.kernels import FastKernels, scale_and_clip_
 
+CPU = SimpleNamespace(device=torch.device("cpu"), scaler=None, distributed_type=DistributedType.NO)
+ON = SimpleNamespace(fast_kernels=True, compile=False)
 
-def test_gelu_new_runs_as_the_fused_tanh_gelu_and_the_config_keeps_gelu_new(tmp_path):
+
+def test_gelu_new_and_sdpa_run_as_the_same_functions_and_the_model_gets_its_own_back(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=16, vocab_size=50)).eval()
+    config = GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=16, vocab_size=50, attn_pdrop=0.1)
+    model = GPT2LMHeadModel(config).eval()
+    assert model.config._attn_implementation == "sdpa"
     ids = torch.randint(0, 50, (2, 16))
-    before = model(ids).logits
-    spec = SimpleNamespace(fast_kernels=True, compile=False)
-    accelerator = SimpleNamespace(
-        device=torch.device("cpu"), scaler=None, distributed_type=DistributedType.NO
-    )
-    kernels = FastKernels(model, spec, accelerator)
-    assert (
-        kernels.description
-        == "gelu_new -> fused tanh GELU in 3 module(s), foreach gradient scaling and clipping"
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0  # padding: eager and SDPA get their own forms of the mask
+    before = model(ids, attention_mask=mask).logits
+    kernels = FastKernels(model, ON, CPU)
+    assert kernels.description == (
+        "CPU dropout masks in bulk, eager attention (SDPA falls back to it with dropout on CPU), "
+        "gelu_new -> fused tanh GELU in 3 module(s), foreach gradient scaling and clipping"
     )
     assert all(type(block.mlp.act).__name__ == "GELUTanh" for block in model.transformer.h)
-    assert (model(ids).logits - before).abs().max().item() < 1e-5
+    assert model.config._attn_implementation == "eager"
+    assert (model(ids, attention_mask=mask).logits - before)[:, :11].abs().max().item() < 1e-5
     model.save_pretrained(tmp_path)
     assert '"activation_function": "gelu_new"' in (tmp_path / "config.json").read_text()
-    kernels.restore()  # fit's end: the model's own modules, the exact function that reloads
+    kernels.restore()  # fit's end: the model's own modules and attention, the exact function that reloads
     assert all(type(block.mlp.act).__name__ == "NewGELUActivation" for block in model.transformer.h)
-    assert torch.equal(model(ids).logits, before)
-    off = FastKernels(model, SimpleNamespace(fast_kernels=False, compile=False), accelerator)
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(model(ids, attention_mask=mask).logits, before)
+    assert torch.nn.functional.dropout.__module__ == "torch.nn.functional"  # PyTorch's again
+    off = FastKernels(model, SimpleNamespace(fast_kernels=False, compile=False), CPU)
     assert off.description is None and not off.foreach_grads
     assert type(model.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+    # attention a recipe names (model.attn_implementation) is kept; no attention dropout, nothing to gain
+    for named, model_config in (
+        ("sdpa", config),
+        (None, GPT2Config(**{**config.to_dict(), "attn_pdrop": 0.0})),
+    ):
+        kept = FastKernels(GPT2LMHeadModel(model_config), ON, CPU, attention=named)
+        assert "eager" not in kept.description
+        kept.restore()
+
+
+def test_bulk_dropout_is_bernoulli_scaled_seeded_by_torch_and_differentiable():
+    import torch.nn.functional as F
+
+    from hfpipe.kernels import bulk_dropout
+
+    pytorch_dropout = F.dropout
+    restore = bulk_dropout()
+    try:
+        x = torch.ones(400, 500, requires_grad=True)
+        torch.manual_seed(0)
+        first, second = F.dropout(x, 0.1), F.dropout(x, 0.1)
+        torch.manual_seed(0)
+        assert torch.equal(F.dropout(x, 0.1), first)  # torch's seed (and a checkpoint's RNG state) decides
+        assert not torch.equal(first, second)
+        kept = first.detach() > 0
+        assert kept.float().mean().item() == pytest.approx(0.9, abs=0.005)  # 200,000 draws: 3.7 sigma
+        assert torch.equal(first.detach()[kept], torch.full((int(kept.sum()),), 1 / 0.9))
+        first.sum().backward()
+        assert torch.equal(x.grad, first.detach())  # d(x * mask)/dx is the mask
+        masks = torch.stack([F.dropout(torch.ones(20_000), 0.5) > 0 for _ in range(20)]).float()
+        off_diagonal = torch.corrcoef(masks) - torch.eye(20)
+        assert off_diagonal.abs().max().item() < 0.04  # successive masks independent (5.7 sigma)
+        module = torch.nn.Dropout(0.3).train()  # nn.Dropout goes through F.dropout
+        assert (module(torch.ones(20_000)) > 0).float().mean().item() == pytest.approx(0.7, abs=0.015)
+        y = torch.ones(20_000)
+        assert F.dropout(y, 0.2, inplace=True) is y and (y > 0).float().mean().item() == pytest.approx(
+            0.8, abs=0.015
+        )
+        # PyTorch's own: evaluation, p = 0 or 1, other dtypes
+        assert torch.equal(F.dropout(x, 0.1, training=False), x)
+        assert torch.equal(F.dropout(x, 0.0), x) and not F.dropout(x, 1.0).any()
+        half = torch.ones(1000, dtype=torch.float64)
+        torch.manual_seed(1)
+        theirs = F.dropout(half, 0.5)
+        torch.manual_seed(1)
+        assert torch.equal(theirs, pytorch_dropout(half, 0.5))
+    finally:
+        restore()
+    assert F.dropout is pytorch_dropout
 
 
 @pytest.mark.parametrize("max_norm", [None, 0.5, 1e6])
@@ -65,9 +120,9 @@ def test_foreach_scaling_and_clipping_equal_the_loop_and_clip_grad_norm(factor, 
 
 
 def test_a_run_with_fast_kernels_trains_the_weights_pytorch_s_ops_train(tmp_path, caplog):
-    """GPT-2 (gelu_new), dropout on, accumulation (gradient scaling) and a clip at 0.5: the GELU swap and
-    the foreach pass give the weights the model's own modules and clip_grad_norm_ give, and the model
-    that comes back has its own modules."""
+    """GPT-2 (gelu_new), accumulation (gradient scaling) and a clip at 0.5, dropout off (with dropout on
+    the masks differ by design): the GELU swap and the foreach pass give the weights the model's own
+    modules and clip_grad_norm_ give, and the model that comes back has its own modules."""
     from safetensors.torch import load_file
 
     from hfpipe.api import train
@@ -83,6 +138,7 @@ def test_a_run_with_fast_kernels_trains_the_weights_pytorch_s_ops_train(tmp_path
         "train.gradient_accumulation_steps=2",
         "train.max_grad_norm=0.5",
         "train.lr=1e-3",
+        *(f"model.config.{key}=0.0" for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
     ]
     weights, losses = {}, {}
     for name, extra in {"fast": [], "pytorch": ["train.fast_kernels=false"]}.items():
@@ -94,7 +150,8 @@ def test_a_run_with_fast_kernels_trains_the_weights_pytorch_s_ops_train(tmp_path
                 )
             )
         logged = (
-            "fast kernels: gelu_new -> fused tanh GELU in 2 module(s), foreach gradient scaling and clipping"
+            "fast kernels: CPU dropout masks in bulk, gelu_new -> fused tanh GELU in 2 module(s), "
+            "foreach gradient scaling and clipping"
         )
         assert (logged in caplog.text) == (name == "fast")
         weights[name] = load_file(run / "model.safetensors")
@@ -103,3 +160,23 @@ def test_a_run_with_fast_kernels_trains_the_weights_pytorch_s_ops_train(tmp_path
     worst = max((weights["fast"][k] - weights["pytorch"][k]).abs().max().item() for k in weights["fast"])
     assert worst < 1e-5
     assert sum(losses["fast"][-3:]) / 3 < sum(losses["fast"][:3]) / 3 - 0.25, losses["fast"]
+
+
+def test_a_run_with_dropout_trains_with_bulk_masks_and_eager_attention_and_learns(tmp_path, caplog):
+    """Dropout on (GPT-2's defaults, attention dropout too): the log names the kernels, the run learns, and
+    torch's dropout is PyTorch's again afterwards."""
+    import torch.nn.functional as F
+
+    from hfpipe.api import train
+    from hfpipe.recipe import load_recipe
+
+    pytorch_dropout = F.dropout
+    overrides = [*TINY_GPT2, "data.builtin.train_size=200", "data.builtin.test_size=0", "train.epochs=1"]
+    with caplog.at_level("INFO", logger="hfpipe"):
+        run = train(load_recipe(RECIPES / "gpt2-clm-pretrain.yaml", [*overrides, f"output_dir={tmp_path}"]))
+    assert "fast kernels: CPU dropout masks in bulk, eager attention" in caplog.text
+    assert "sdpa attention" in caplog.text  # what the model was built with, and what it gets back
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.25, losses
+    assert F.dropout is pytorch_dropout

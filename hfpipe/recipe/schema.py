@@ -338,10 +338,12 @@ class Train(Section):
     )
     fast_kernels: bool = Field(
         True,
-        description="Faster kernels computing the same functions during training: gelu_new (GPT-2, "
-        "T5 v1.1, ...) as PyTorch's fused tanh GELU (the saved model keeps gelu_new), gradient scaling and "
-        "clipping in one foreach pass. false: the model's own modules and clip_grad_norm_. Off under "
-        "train.compile.",
+        description="Faster kernels computing the same functions during training: CPU dropout masks drawn "
+        "in bulk (numpy's PCG64 seeded by torch's generator: other masks than PyTorch's for a seed), eager "
+        "attention on CPU for a model with attention dropout that transformers gave SDPA, gelu_new (GPT-2, "
+        "T5 v1.1, ...) as PyTorch's fused tanh GELU, gradient scaling and clipping in one foreach pass; the "
+        "model gets its own modules and attention back when training ends. false: the model's own modules, "
+        "PyTorch's dropout and clip_grad_norm_. Off under train.compile.",
     )
     eval_every: Annotated[int, Field(ge=1)] | Literal["epoch", "never"] = Field(
         "epoch", description="Evaluate every N optimizer steps, each epoch, or never."
