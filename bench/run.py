@@ -1073,8 +1073,8 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
 
     Runs on this machine drift by up to 30% for seconds at a time, so whole-run times of back-to-back runs
     disagree by more than the loops do. Every step is timed instead (optimizer step to optimizer step,
-    after `warmup_steps`); each arm's step i takes the median of its rounds (rounds interleave the arms),
-    and tokens/s is the steps' tokens over the sum of those medians.
+    after `warmup_steps`); each arm's step i takes the median of its rounds (rounds interleave the arms,
+    each round in another order), and tokens/s is the steps' tokens over the sum of those medians.
     """
     import copy
     import shutil
@@ -1095,7 +1095,9 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
         tokens: dict[str, list[int]] = {}
         window: dict[str, list[float]] = {arm: [] for arm in PEER_ARMS}  # per round: tokens/s
         for round_index in range(rounds + 1):  # round 0 warms up (allocator, kernels, imports)
-            for arm in PEER_ARMS:
+            # Each round starts with another arm: no arm always runs after the same one.
+            shift = round_index % len(PEER_ARMS)
+            for arm in PEER_ARMS[shift:] + PEER_ARMS[:shift]:
                 # a fresh copy: the same initial weights, and none of hfpipe's module swaps (fast_kernels)
                 model = copy.deepcopy(pristine)
                 shutil.rmtree("/tmp/hfpipe-bench-peers", ignore_errors=True)
