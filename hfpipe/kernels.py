@@ -1,14 +1,15 @@
 """Faster kernels for hfpipe's training step, each computing the function PyTorch's own code computes
 (`train.fast_kernels`, on by default; measured in `make bench`, entry peers).
 
-- Dropout on CPU. PyTorch draws a CPU dropout mask one Mersenne-Twister number per element (bernoulli_,
-  ~10 ns an element here: 10-13% of a small model's step). During training, `torch.nn.functional.dropout`
-  (which nn.Dropout and the models' functional calls go through) draws the mask of a float32 CPU tensor
-  in bulk from numpy's PCG64 instead: 32 random bits per element, dropped iff below p x 2^32 (p resolved
-  to 2^-32; PyTorch's own mask resolves it to 2^-24), kept elements scaled by 1 / (1 - p). Each mask's
-  generator is seeded by one draw from torch's CPU generator, so train.seed reproduces a run and a
-  checkpoint's RNG state resumes it; the masks are not the ones torch's generator would have drawn.
-  Other devices, dtypes and in-place calls keep PyTorch's dropout.
+- Dropout on CPU. On this CPU (no MKL fast path: it is not an Intel one) PyTorch draws a CPU dropout
+  mask element by element from its Mersenne Twister (bernoulli_, ~10 ns an element here: 10-13% of a
+  small model's step). During training, `torch.nn.functional.dropout` (which nn.Dropout and the models'
+  functional calls go through) draws the mask of a float32 CPU tensor in bulk from numpy's PCG64
+  instead: 32 random bits per element, dropped iff below p x 2^32 (p resolved to 2^-32), kept elements
+  scaled by 1 / (1 - p). Each mask's generator is seeded by one draw from torch's CPU generator, so
+  train.seed reproduces a run and a checkpoint's RNG state resumes it; the masks are not the ones
+  torch's generator would have drawn. Other devices and dtypes, and in-place calls on tensors that
+  require grad, keep PyTorch's dropout.
 - Attention dropout. PyTorch's scaled_dot_product_attention falls back to its reference math on CPU
   when dropout is on (and draws that mask with bernoulli_). A model that transformers gave SDPA
   attention (the recipe names no model.attn_implementation) and that trains with attention dropout
@@ -35,10 +36,13 @@ one function costs nothing elsewhere.
 
 from __future__ import annotations
 
+import threading
+
 __all__ = ["FastKernels", "bulk_dropout", "fast_activations", "scale_and_clip_"]
 
-# config keys of attention-probability dropout (BERT, GPT-2, BART / Marian / Whisper, DistilBERT, ...)
-_ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+# config keys of attention-probability dropout (BERT, GPT-2, BART / Marian / Whisper, DistilBERT; T5's
+# dropout_rate is its attention dropout too)
+_ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout", "dropout_rate")
 
 
 class FastKernels:
@@ -69,7 +73,9 @@ class FastKernels:
         self._swapped: list = []
         self._attention: tuple | None = None  # (model, its own implementation)
         self._dropout = None
-        if on:
+        if not on:
+            return
+        try:
             parts = []
             if accelerator.device.type == "cpu":
                 self._dropout = bulk_dropout()
@@ -84,19 +90,24 @@ class FastKernels:
             if self.foreach_grads:
                 parts.append("foreach gradient scaling and clipping")
             self.description = ", ".join(parts) or None
+        except BaseException:
+            self.restore()  # nothing swapped may outlive a failed start
+            raise
 
     def restore(self) -> None:
-        """Put the model's own activation modules and attention back, and PyTorch's dropout."""
-        for module, name, original in self._swapped:
-            setattr(module, name, original)
-        self._swapped = []
-        if self._attention is not None:
-            model, implementation = self._attention
-            model.set_attn_implementation(implementation)
-            self._attention = None
-        if self._dropout is not None:
-            self._dropout()
-            self._dropout = None
+        """Put PyTorch's dropout back, and the model's own activation modules and attention (each undone
+        even when another cannot be)."""
+        try:
+            if self._dropout is not None:
+                self._dropout, undo = None, self._dropout
+                undo()
+        finally:
+            for module, name, original in self._swapped:
+                setattr(module, name, original)
+            self._swapped = []
+            if self._attention is not None:
+                (model, implementation), self._attention = self._attention, None
+                model.set_attn_implementation(implementation)
 
 
 def _eager_for_dropout(accelerator, model) -> tuple | None:
@@ -106,6 +117,8 @@ def _eager_for_dropout(accelerator, model) -> tuple | None:
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under an adapter
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    if getattr(config, "sub_configs", None):  # composite models: one string would set every part
         return None
     if not any(
         isinstance(getattr(config, k, None), float) and getattr(config, k) > 0
@@ -119,51 +132,66 @@ def _eager_for_dropout(accelerator, model) -> tuple | None:
     return inner, "sdpa"
 
 
+_BULK = {"users": 0, "own": None}  # torch.nn.functional.dropout is replaced once, however many fits
+_BULK_LOCK = threading.Lock()
+_BITS = threading.local()  # each thread re-seeds a generator of its own
+
+
 def bulk_dropout():
     """Route torch.nn.functional.dropout of float32 CPU tensors in training through bulk masks (the module
-    docstring); returns the function that puts PyTorch's dropout back."""
-    import numpy as np
-    import torch
+    docstring); returns the function that puts PyTorch's dropout back (once the last user is done)."""
     import torch.nn.functional as F
 
-    own = F.dropout
-    bits = np.random.PCG64(0)  # re-seeded for every mask
-    ceiling = 2**32 - 1
-
-    def dropout(input, p=0.5, training=True, inplace=False):
-        if (
-            not training
-            or not 0.0 < p < 1.0
-            or input.device.type != "cpu"
-            or input.dtype != torch.float32
-            or (inplace and input.requires_grad)
-            or torch.overrides.has_torch_function_unary(input)
-        ):
-            return own(input, p, training, inplace)
-        # One draw from torch's CPU generator (train.seed, a checkpoint's RNG state) picks the state and
-        # the stream (PCG's increment, odd) of this mask's generator.
-        seed = int(torch.randint(0, 2**62, ()))
-        bits.state = {
-            "bit_generator": "PCG64",
-            "state": {"state": (seed * 0x9E3779B97F4A7C15F39CC0605CEDC835) % 2**128, "inc": (seed << 1) | 1},
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
-        n = input.numel()
-        uniform = bits.random_raw((n + 1) // 2).view(np.uint32)[:n]
-        keep = np.multiply(
-            uniform >= min(round(p * 2**32), ceiling), np.float32(1.0 / (1.0 - p)), dtype=np.float32
-        )
-        mask = torch.from_numpy(keep).view(input.shape)
-        return input.mul_(mask) if inplace else input * mask
-
-    F.dropout = dropout
+    with _BULK_LOCK:
+        if _BULK["users"] == 0:
+            _BULK["own"] = F.dropout
+            F.dropout = _dropout
+        _BULK["users"] += 1
+    done = []
 
     def restore() -> None:
-        if F.dropout is dropout:
-            F.dropout = own
+        with _BULK_LOCK:
+            if done:
+                return
+            done.append(True)
+            _BULK["users"] -= 1
+            if _BULK["users"] == 0 and F.dropout is _dropout:
+                F.dropout = _BULK["own"]
 
     return restore
+
+
+def _dropout(input, p=0.5, training=True, inplace=False):
+    import numpy as np
+    import torch
+
+    threshold = round(p * 2**32) if 0.0 < p < 1.0 else 0
+    if (
+        not training
+        or not 0 < threshold < 2**32
+        or input.device.type != "cpu"
+        or input.dtype != torch.float32
+        or (inplace and input.requires_grad)
+        or torch.overrides.has_torch_function_unary(input)
+    ):
+        return _BULK["own"](input, p, training, inplace)
+    bits = getattr(_BITS, "generator", None)
+    if bits is None:
+        bits = _BITS.generator = np.random.PCG64(0)
+    # One draw from torch's CPU generator (train.seed, a checkpoint's RNG state) picks the state and the
+    # stream (PCG's increment, odd) of this mask's generator.
+    seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    bits.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (seed * 0x9E3779B97F4A7C15F39CC0605CEDC835) % 2**128, "inc": (seed << 1) | 1},
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    n = input.numel()
+    uniform = bits.random_raw((n + 1) // 2).view(np.uint32)[:n]
+    keep = np.multiply(uniform >= threshold, np.float32(1.0 / (1.0 - p)), dtype=np.float32)
+    mask = torch.from_numpy(keep).view(input.shape)
+    return input.mul_(mask) if inplace else input * mask
 
 
 def fast_activations(model) -> list:

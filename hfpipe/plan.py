@@ -286,8 +286,6 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
     accelerator = make_accelerator(recipe)
     model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config)).to(accelerator.device)
     model.train()
-    # the kernels training will run
-    kernels = FastKernels(model, recipe.train, accelerator, attention=recipe.model.attn_implementation)
     optimizer = _optimizer(model, recipe.train)
     collate = task.collator(tokenizer, recipe)
     train, _ = split_lengths(train)
@@ -316,6 +314,8 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    # the kernels training (and its evaluations) will run; undone by itself if it cannot start
+    kernels = FastKernels(model, recipe.train, accelerator, attention=recipe.model.attn_implementation)
     try:
         one_step(chosen[0])  # warm-up: allocator, kernels
         synchronize()
@@ -323,31 +323,31 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
         for indices in chosen[1:]:
             one_step(indices)
         synchronize()
+        step_s = (time.perf_counter() - began) / steps
+        out = {
+            "steps_timed": steps,
+            "step_s": round(step_s, 4),
+            "device": str(accelerator.device),
+            "precision": recipe.train.precision,
+            "threads": torch.get_num_threads(),
+        }
+        if validation is not None and len(validation):
+            eval_collate = task.collator(tokenizer, recipe, train=False)
+            validation, _ = split_lengths(validation)
+            size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
+            batches = [
+                list(range(i, min(i + size, len(validation))))
+                for i in range(0, min(len(validation), 2 * size), size)
+            ]
+            model.eval()
+            began = time.perf_counter()
+            with torch.no_grad(), accelerator.autocast():
+                for indices in batches:
+                    model(**on_device(eval_collate(validation.__getitems__(indices))))
+            synchronize()
+            out["eval_batch_s"] = round((time.perf_counter() - began) / len(batches), 4)
     finally:
         kernels.restore()  # PyTorch's dropout again (bulk masks replace it process-wide)
-    step_s = (time.perf_counter() - began) / steps
-    out = {
-        "steps_timed": steps,
-        "step_s": round(step_s, 4),
-        "device": str(accelerator.device),
-        "precision": recipe.train.precision,
-        "threads": torch.get_num_threads(),
-    }
-    if validation is not None and len(validation):
-        eval_collate = task.collator(tokenizer, recipe, train=False)
-        validation, _ = split_lengths(validation)
-        size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
-        batches = [
-            list(range(i, min(i + size, len(validation))))
-            for i in range(0, min(len(validation), 2 * size), size)
-        ]
-        model.eval()
-        began = time.perf_counter()
-        with torch.no_grad(), accelerator.autocast():
-            for indices in batches:
-                model(**on_device(eval_collate(validation.__getitems__(indices))))
-        synchronize()
-        out["eval_batch_s"] = round((time.perf_counter() - began) / len(batches), 4)
     return out
 
 

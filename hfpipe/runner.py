@@ -628,6 +628,10 @@ def fit(
     # means, as DeepSpeed does on its own.
     normalize = processes * accumulation > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED
     group_items = torch.zeros((), device=accelerator.device)
+    # train.fast_kernels: the same functions, faster (undone by itself if it cannot start)
+    kernels = FastKernels(model, spec, accelerator, attention=recipe.model.attn_implementation)
+    if kernels.description:
+        log.info("fast kernels: %s", kernels.description)
     stopper = _StopOnSignal(accelerator)
 
     def stop_on_signal() -> None:
@@ -635,10 +639,6 @@ def fit(
             save_checkpoint()
         raise TrainingInterrupted(stopper.signal_name, state.step)
 
-    # train.fast_kernels: the same functions, faster
-    kernels = FastKernels(model, spec, accelerator, attention=recipe.model.attn_implementation)
-    if kernels.description:
-        log.info("fast kernels: %s", kernels.description)
     try:
         trackers = start_trackers(
             accelerator, recipe, run_dir, resumed_at=state.step if resume_from else None

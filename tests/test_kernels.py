@@ -69,6 +69,14 @@ def test_bulk_dropout_is_bernoulli_scaled_seeded_by_torch_and_differentiable():
         torch.manual_seed(0)
         assert torch.equal(F.dropout(x, 0.1), first)  # torch's seed (and a checkpoint's RNG state) decides
         assert not torch.equal(first, second)
+        torch.manual_seed(0)
+        assert not torch.equal(pytorch_dropout(x, 0.1), first)  # the bulk path ran, not PyTorch's
+        torch.manual_seed(0)
+        F.dropout(x, 0.1)
+        one_draw = torch.get_rng_state()  # ... and took exactly one draw from torch's generator
+        torch.manual_seed(0)
+        torch.randint(0, 2**62, ())
+        assert torch.equal(torch.get_rng_state(), one_draw)
         kept = first.detach() > 0
         assert kept.float().mean().item() == pytest.approx(0.9, abs=0.005)  # 200,000 draws: 3.7 sigma
         assert torch.equal(first.detach()[kept], torch.full((int(kept.sum()),), 1 / 0.9))
@@ -93,6 +101,29 @@ def test_bulk_dropout_is_bernoulli_scaled_seeded_by_torch_and_differentiable():
         assert torch.equal(theirs, pytorch_dropout(half, 0.5))
     finally:
         restore()
+    assert F.dropout is pytorch_dropout
+
+
+def test_dropout_is_put_back_after_overlapping_users_and_a_failed_start(monkeypatch):
+    import torch.nn.functional as F
+
+    import hfpipe.kernels as kernels
+    from hfpipe.kernels import bulk_dropout
+
+    pytorch_dropout = F.dropout
+    first, second = bulk_dropout(), bulk_dropout()
+    first()
+    first()  # a second call of the same restore changes nothing
+    assert F.dropout is not pytorch_dropout  # the other user still trains
+    second()
+    assert F.dropout is pytorch_dropout
+
+    def broken(model):
+        raise RuntimeError("cannot swap")
+
+    monkeypatch.setattr(kernels, "fast_activations", broken)
+    with pytest.raises(RuntimeError, match="cannot swap"):
+        FastKernels(torch.nn.Linear(2, 2), ON, CPU)
     assert F.dropout is pytorch_dropout
 
 
@@ -175,7 +206,7 @@ def test_a_run_with_dropout_trains_with_bulk_masks_and_eager_attention_and_learn
     with caplog.at_level("INFO", logger="hfpipe"):
         run = train(load_recipe(RECIPES / "gpt2-clm-pretrain.yaml", [*overrides, f"output_dir={tmp_path}"]))
     assert "fast kernels: CPU dropout masks in bulk, eager attention" in caplog.text
-    assert "sdpa attention" in caplog.text  # what the model was built with, and what it gets back
+    assert "sdpa attention" in caplog.text  # what the model was built with
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.25, losses
