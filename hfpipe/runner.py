@@ -820,7 +820,7 @@ def fit(
                 stop_on_signal()
     finally:
         stopper.restore()  # also when training stops with an error
-        kernels.restore()  # the model's own modules and attention, PyTorch's dropout: the model returned is the one saved
+        kernels.restore()  # own modules and attention, PyTorch's dropout: the model returned is the one saved
         bar.close()  # the terminal gets its cursor back, whatever happened
         # Flush TensorBoard's writer, end the MLflow run; not accelerator.end_training(), which also
         # destroys the process group that the rest of the run (test scoring, saving) still needs.
