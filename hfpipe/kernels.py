@@ -120,10 +120,7 @@ def _eager_for_dropout(accelerator, model) -> tuple | None:
         return None
     if getattr(config, "sub_configs", None):  # composite models: one string would set every part
         return None
-    if not any(
-        isinstance(getattr(config, k, None), float) and getattr(config, k) > 0
-        for k in _ATTENTION_DROPOUT_KEYS
-    ):
+    if not any(isinstance(p := getattr(config, k, None), float) and p > 0 for k in _ATTENTION_DROPOUT_KEYS):
         return None
     can = getattr(inner, "_can_set_attn_implementation", None)
     if can is None or not can():
@@ -147,13 +144,14 @@ def bulk_dropout():
             _BULK["own"] = F.dropout
             F.dropout = _dropout
         _BULK["users"] += 1
-    done = []
+    done = False
 
     def restore() -> None:
+        nonlocal done
         with _BULK_LOCK:
             if done:
                 return
-            done.append(True)
+            done = True
             _BULK["users"] -= 1
             if _BULK["users"] == 0 and F.dropout is _dropout:
                 F.dropout = _BULK["own"]
