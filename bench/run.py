@@ -1033,7 +1033,9 @@ def _peer_arm(arm: str, prepared) -> tuple[float, int, int]:
 class _StepClock:
     """Time stamps at the end of every optimizer step of any loop (a global optimizer post-hook), and the
     tokens of every batch the task's collator makes, in order (a loop's i-th step trains its i-th batch,
-    even when its loader fetches one batch ahead)."""
+    even when its loader fetches one batch ahead); and the spans (kind, start, end) of the model's forward
+    passes, of backward() and of the optimizer's steps, which split a step into the model's work, the
+    optimizer's and the loop's own (the rest: data, clipping, bookkeeping)."""
 
     def __init__(self, task, model) -> None:
         import dataclasses
@@ -1041,6 +1043,7 @@ class _StepClock:
         self.model = model
         self.stamps: list[float] = []
         self.tokens: list[int] = []
+        self.spans: list[tuple[str, float, float]] = []
 
         def collator(*args, **kwargs):
             collate = task.collator(*args, **kwargs)
@@ -1055,13 +1058,57 @@ class _StepClock:
         self.task = dataclasses.replace(task, collator=collator)  # the task, its batches counted
 
     def __enter__(self):
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        import torch
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
 
-        self.handle = register_optimizer_step_post_hook(lambda *_: self.stamps.append(time.perf_counter()))
+        began: dict[str, float] = {}
+
+        def start(kind):
+            return lambda *_: began.__setitem__(kind, time.perf_counter())
+
+        def end(kind):
+            return lambda *_: self.spans.append((kind, began[kind], time.perf_counter()))
+
+        def stepped(*_):
+            self.stamps.append(time.perf_counter())
+            self.spans.append(("optimizer", began["optimizer"], self.stamps[-1]))
+
+        backward = self._backward = torch.autograd.backward
+
+        def timed_backward(*args, **kwargs):  # Tensor.backward goes through torch.autograd.backward
+            began = time.perf_counter()
+            try:
+                return backward(*args, **kwargs)
+            finally:
+                self.spans.append(("backward", began, time.perf_counter()))
+
+        torch.autograd.backward = timed_backward
+        self.handles = [
+            register_optimizer_step_pre_hook(start("optimizer")),
+            register_optimizer_step_post_hook(stepped),
+            self.model.register_forward_pre_hook(start("forward")),
+            self.model.register_forward_hook(end("forward")),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
-        self.handle.remove()
+        import torch
+
+        torch.autograd.backward = self._backward
+        for handle in self.handles:
+            handle.remove()
+
+    def phases(self, start: float, end: float) -> dict[str, float]:
+        """Seconds of each kind of span between two time stamps, and the rest ("loop")."""
+        spent = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        for kind, began, ended in self.spans:
+            if start <= began and ended <= end:
+                spent[kind] += ended - began
+        spent["loop"] = (end - start) - sum(spent.values())
+        return spent
 
 
 def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> dict:
@@ -1097,6 +1144,7 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
         times: dict[str, list[list[float]]] = {arm: [] for arm in PEER_ARMS}  # per round, per step
         tokens: dict[str, list[int]] = {}
         window: dict[str, list[float]] = {arm: [] for arm in PEER_ARMS}  # per round: tokens/s
+        split: dict[str, list[dict]] = {arm: [] for arm in PEER_ARMS}  # per round: ms a step by phase
         for round_index in range(rounds + 1):  # round 0 warms up (allocator, kernels, imports)
             # Each round starts with another arm: no arm always runs after the same one.
             shift = round_index % len(PEER_ARMS)
@@ -1117,15 +1165,30 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
                 if tokens.setdefault(arm, step_tokens) != step_tokens:
                     raise RuntimeError(f"{arm}: the batches changed between rounds")
                 window[arm].append(sum(step_tokens) / (stamps[-1] - stamps[0]))
+                spent = clock.phases(stamps[0], stamps[-1])
+                split[arm].append({k: 1000 * v / (len(stamps) - 1) for k, v in spent.items()})
         if any(tokens[arm] != tokens["hfpipe"] for arm in ("hfpipe-pytorch-ops", "plain", "trainer")):
             raise RuntimeError("plain / trainer did not train hfpipe's batches")
         speed = {
             arm: sum(tokens[arm]) / sum(statistics.median(step) for step in zip(*times[arm], strict=True))
             for arm in PEER_ARMS
         }
+        # ms a step in the model's forward and backward, the optimizer's step and the rest (the loop's own:
+        # data, clipping, bookkeeping), medians over the rounds
+        phase_ms = {
+            arm: {k: round(statistics.median(r[k] for r in split[arm]), 2) for k in split[arm][0]}
+            for arm in PEER_ARMS
+        }
         out[name] = {
             "model": f"{what}: {model.num_parameters():,} parameters",
             "batch_size": recipe.train.batch_size,
+            "ms_per_step": phase_ms,
+            # a step's share outside the model's forward and backward: on the same batches (the same
+            # forward and backward), no loop can be faster than this one by more than 1 / (1 - share)
+            "share_outside_model": {
+                arm: round(1 - (p["forward"] + p["backward"]) / sum(p.values()), 3)
+                for arm, p in phase_ms.items()
+            },
             "tokens_per_s": {arm: round(v, 1) for arm, v in speed.items()},
             "tokens_per_s_per_round": {arm: [round(v) for v in values] for arm, values in window.items()},
             "hfpipe_over_plain": round(speed["hfpipe"] / speed["plain"], 3),

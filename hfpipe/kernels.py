@@ -223,8 +223,8 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None):
     if max_norm:
         device = next(iter(groups))[0]
         wide = torch.float64 if any(dtype == torch.float64 for _, dtype in groups) else torch.float32
-        norms = [n.to(device, wide) for g in groups.values() for n in torch._foreach_norm(g)]
-        total = torch.linalg.vector_norm(torch.stack(norms))
+        norms = [torch.stack(torch._foreach_norm(g)).to(device, wide) for g in groups.values()]
+        total = torch.linalg.vector_norm(torch.cat(norms))
         if factor is not None:
             total = total * factor
         clip = (max_norm / (total + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s coefficient

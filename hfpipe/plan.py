@@ -301,6 +301,8 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
 
+    trained = [p for p in model.parameters() if p.requires_grad]
+
     def one_step(indices) -> None:
         for start in range(0, len(indices), size):
             batch = on_device(collate(train.__getitems__(indices[start : start + size][:share])))
@@ -308,7 +310,7 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
                 loss = model(**batch).loss
             loss.backward()
         if kernels.foreach_grads:
-            scale_and_clip_(model.parameters(), None, recipe.train.max_grad_norm)
+            scale_and_clip_(trained, None, recipe.train.max_grad_norm)
         elif recipe.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
         optimizer.step()

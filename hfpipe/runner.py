@@ -636,6 +636,8 @@ def fit(
     kernels = FastKernels(model, spec, accelerator, attention=recipe.model.attn_implementation)
     if kernels.description:
         log.info("fast kernels: %s", kernels.description)
+    # listed once: walking the module tree for them every step costs ~0.5 ms (a small model's 1%)
+    trained = [p for p in model.parameters() if p.requires_grad]
     stopper = _StopOnSignal(accelerator)
 
     def stop_on_signal() -> None:
@@ -723,9 +725,9 @@ def fit(
                         factor = processes * accumulation / total.clamp(min=1)
                         group_items.zero_()
                     if accelerator.sync_gradients and kernels.foreach_grads:
-                        scale_and_clip_(model.parameters(), factor, spec.max_grad_norm)
+                        scale_and_clip_(trained, factor, spec.max_grad_norm)
                     elif accelerator.sync_gradients:  # Accelerate clips (DeepSpeed, FSDP, fp16's scaler)
-                        scale_and_clip_(model.parameters(), factor)  # one multiply (nothing without factor)
+                        scale_and_clip_(trained, factor)  # one multiply (nothing without factor)
                         if spec.max_grad_norm:
                             accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                     optimizer.step()
