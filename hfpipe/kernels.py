@@ -23,7 +23,10 @@
 - The step's gradient scaling (to a mean over its items: a Python loop of one multiply per parameter)
   and norm clipping (clip_grad_norm_: the norms, then a second multiply of every gradient) are one
   foreach pass: the norms of all gradients in one call, then one multiply of all of them by
-  factor x clip coefficient.
+  factor x clip coefficient; with PyTorch's fused AdamW (hfpipe's optimizer on CPU and CUDA) not even
+  that: its kernel divides each gradient by the optimizer's grad_scale as it reads it (the hook torch's
+  GradScaler uses), so the coefficient goes there and the step makes no pass over the gradients of its
+  own before the update.
 
 Everything is undone when training ends (restore(), in fit's finally): the model that is scored, saved
 and returned has its own modules and attention, and torch's dropout is PyTorch's again.
@@ -206,12 +209,27 @@ def fast_activations(model) -> list:
     return swapped
 
 
-def scale_and_clip_(parameters, factor=None, max_norm: float | None = None):
+def scale_and_clip_(parameters, factor=None, max_norm: float | None = None, optimizer=None):
     """Multiply the gradients by `factor` (a scalar tensor) and clip their global L2 norm to `max_norm`,
     in one foreach pass: what `grad.mul_(factor)` for each parameter and then
     `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` compute. Returns the norm before clipping (after
-    scaling), or None without max_norm."""
+    scaling), or None without max_norm.
+
+    With `optimizer` (the step's next optimizer, under Accelerate's wrapper or not) a fused torch Adam /
+    AdamW, the multiply is left to its step, which then costs no pass over the gradients: its `grad_scale`
+    (the attribute torch's GradScaler sets, which the fused kernel divides each gradient by as it reads
+    it) is set to 1 / (factor x clip coefficient) at every call, and cleared when there is nothing to
+    multiply. Its step must come next, before the gradients are read again."""
     import torch
+
+    inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's AcceleratedOptimizer
+    deferred = (
+        isinstance(inner, torch.optim.Adam)  # AdamW too
+        and getattr(inner, "_step_supports_amp_scaling", False)
+        and all(group.get("fused") for group in inner.param_groups)
+    )
+    if deferred and hasattr(inner, "grad_scale"):
+        del inner.grad_scale  # the last call's
 
     groups: dict = {}  # foreach kernels take tensors of one device and dtype
     for parameter in parameters:
@@ -229,7 +247,9 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None):
             total = total * factor
         clip = (max_norm / (total + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s coefficient
         coefficient = clip if factor is None else factor * clip
-    if coefficient is not None:
+    if coefficient is not None and deferred:
+        inner.grad_scale = 1.0 / coefficient.to(device=next(iter(groups))[0], dtype=torch.float32)
+    elif coefficient is not None:
         for (device, dtype), grads in groups.items():
             torch._foreach_mul_(grads, coefficient.to(device, dtype))
     return total

@@ -310,7 +310,7 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
                 loss = model(**batch).loss
             loss.backward()
         if kernels.foreach_grads:
-            scale_and_clip_(trained, None, recipe.train.max_grad_norm)
+            scale_and_clip_(trained, None, recipe.train.max_grad_norm, optimizer)
         elif recipe.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
         optimizer.step()

@@ -725,7 +725,7 @@ def fit(
                         factor = processes * accumulation / total.clamp(min=1)
                         group_items.zero_()
                     if accelerator.sync_gradients and kernels.foreach_grads:
-                        scale_and_clip_(trained, factor, spec.max_grad_norm)
+                        scale_and_clip_(trained, factor, spec.max_grad_norm, optimizer)
                     elif accelerator.sync_gradients:  # Accelerate clips (DeepSpeed, FSDP, fp16's scaler)
                         scale_and_clip_(trained, factor)  # one multiply (nothing without factor)
                         if spec.max_grad_norm:

@@ -150,6 +150,37 @@ def test_foreach_scaling_and_clipping_equal_the_loop_and_clip_grad_norm(factor, 
         assert (a.grad - b.grad).abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_fused_adamw_step_takes_the_scaling_and_clipping_in_its_kernel(fused):
+    """With the optimizer given, a fused AdamW divides by the coefficient as it reads the gradients (no
+    multiply of its own): the same weights as multiplying first; a step with nothing to multiply clears it."""
+    torch.manual_seed(0)
+    shapes = [(16, 8), (8,), (3, 3, 3)]
+    grads = [torch.randn(s) * 3 for s in shapes]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt_ours = torch.optim.AdamW(ours, lr=0.1, weight_decay=0.1, fused=fused or None)
+    opt_theirs = torch.optim.AdamW(theirs, lr=0.1, weight_decay=0.1, fused=fused or None)
+    for step in range(3):
+        for a, b, g in zip(ours, theirs, grads, strict=True):
+            a.grad, b.grad = (g * (step + 1)).clone(), (g * (step + 1)).clone()
+        max_norm = 0.5 if step < 2 else None  # the last step has nothing to multiply
+        factor = torch.tensor(0.25) if step < 2 else None
+        scale_and_clip_(ours, factor, max_norm, opt_ours)
+        assert hasattr(opt_ours, "grad_scale") == (fused and step < 2)
+        # fused: the gradients are left for the kernel to scale; the default loop gets them multiplied
+        untouched = torch.equal(ours[0].grad, grads[0] * (step + 1))
+        assert untouched == (fused or step == 2)
+        if factor is not None:
+            for b in theirs:
+                b.grad.mul_(factor)
+            torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+        opt_ours.step()
+        opt_theirs.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a - b).abs().max().item() < 1e-6
+
+
 def test_a_run_with_fast_kernels_trains_the_weights_pytorch_s_ops_train(tmp_path, caplog):
     """GPT-2 (gelu_new), accumulation (gradient scaling) and a clip at 0.5, dropout off (with dropout on
     the masks differ by design): the GELU swap and the foreach pass give the weights the model's own
