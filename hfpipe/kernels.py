@@ -24,9 +24,9 @@
   and norm clipping (clip_grad_norm_: the norms, then a second multiply of every gradient) are one
   foreach pass: the norms of all gradients in one call, then one multiply of all of them by
   factor x clip coefficient; with PyTorch's fused AdamW (hfpipe's optimizer on CPU and CUDA) not even
-  that: its kernel divides each gradient by the optimizer's grad_scale as it reads it (the hook torch's
-  GradScaler uses), so the coefficient goes there and the step makes no pass over the gradients of its
-  own before the update.
+  that: its kernel divides each gradient by the optimizer's grad_scale as it reads it for the update
+  (the hook torch's GradScaler uses), so the coefficient goes there for the next step only, and no
+  separate multiply pass over the gradients runs.
 
 Everything is undone when training ends (restore(), in fit's finally): the model that is scored, saved
 and returned has its own modules and attention, and torch's dropout is PyTorch's again.
@@ -216,10 +216,11 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None, opti
     scaling), or None without max_norm.
 
     With `optimizer` (the step's next optimizer, under Accelerate's wrapper or not) a fused torch Adam /
-    AdamW, the multiply is left to its step, which then costs no pass over the gradients: its `grad_scale`
-    (the attribute torch's GradScaler sets, which the fused kernel divides each gradient by as it reads
-    it) is set to 1 / (factor x clip coefficient) at every call, and cleared when there is nothing to
-    multiply. Its step must come next, before the gradients are read again."""
+    AdamW and float32 / bf16 / fp16 gradients, the multiply is left to its next step, which then needs no
+    separate pass over the gradients: its `grad_scale` (the attribute torch's GradScaler sets; the fused
+    kernel divides each gradient by it as it reads it, in the same pass as the update) is set to
+    1 / (factor x clip coefficient) and removed again when that step is done. The step must come next,
+    before the gradients are read again."""
     import torch
 
     inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's AcceleratedOptimizer
@@ -229,7 +230,7 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None, opti
         and all(group.get("fused") for group in inner.param_groups)
     )
     if deferred and hasattr(inner, "grad_scale"):
-        del inner.grad_scale  # the last call's
+        del inner.grad_scale  # a step that never ran
 
     groups: dict = {}  # foreach kernels take tensors of one device and dtype
     for parameter in parameters:
@@ -247,8 +248,15 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None, opti
             total = total * factor
         clip = (max_norm / (total + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s coefficient
         coefficient = clip if factor is None else factor * clip
-    if coefficient is not None and deferred:
-        inner.grad_scale = 1.0 / coefficient.to(device=next(iter(groups))[0], dtype=torch.float32)
+    # the kernel reads a float32 scale: float64 gradients keep the multiply, exact in their precision
+    if coefficient is not None and deferred and all(dtype != torch.float64 for _, dtype in groups):
+        inner.grad_scale = (1.0 / coefficient).to(device=next(iter(groups))[0], dtype=torch.float32)
+
+        def done(optimizer, args, kwargs) -> None:  # this step only
+            handle.remove()
+            optimizer.__dict__.pop("grad_scale", None)
+
+        handle = inner.register_step_post_hook(done)
     elif coefficient is not None:
         for (device, dtype), grads in groups.items():
             torch._foreach_mul_(grads, coefficient.to(device, dtype))

@@ -150,10 +150,13 @@ def test_foreach_scaling_and_clipping_equal_the_loop_and_clip_grad_norm(factor, 
         assert (a.grad - b.grad).abs().max().item() < 1e-6
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_a_fused_adamw_step_takes_the_scaling_and_clipping_in_its_kernel(fused):
-    """With the optimizer given, a fused AdamW divides by the coefficient as it reads the gradients (no
-    multiply of its own): the same weights as multiplying first; a step with nothing to multiply clears it."""
+@pytest.mark.parametrize(("fused", "wrapped"), [(True, False), (True, True), (False, False)])
+def test_a_fused_adamw_step_takes_the_scaling_and_clipping_in_its_kernel(fused, wrapped):
+    """With the optimizer given (bare, or under a wrapper's .optimizer as Accelerate's), a fused AdamW
+    divides by the coefficient as it reads the gradients (no multiply first): the same weights as
+    multiplying first; the scale is gone once its step is done."""
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
     shapes = [(16, 8), (8,), (3, 3, 3)]
     grads = [torch.randn(s) * 3 for s in shapes]
@@ -166,7 +169,7 @@ def test_a_fused_adamw_step_takes_the_scaling_and_clipping_in_its_kernel(fused):
             a.grad, b.grad = (g * (step + 1)).clone(), (g * (step + 1)).clone()
         max_norm = 0.5 if step < 2 else None  # the last step has nothing to multiply
         factor = torch.tensor(0.25) if step < 2 else None
-        scale_and_clip_(ours, factor, max_norm, opt_ours)
+        scale_and_clip_(ours, factor, max_norm, SimpleNamespace(optimizer=opt_ours) if wrapped else opt_ours)
         assert hasattr(opt_ours, "grad_scale") == (fused and step < 2)
         # fused: the gradients are left for the kernel to scale; the default loop gets them multiplied
         untouched = torch.equal(ours[0].grad, grads[0] * (step + 1))
@@ -177,6 +180,7 @@ def test_a_fused_adamw_step_takes_the_scaling_and_clipping_in_its_kernel(fused):
             torch.nn.utils.clip_grad_norm_(theirs, max_norm)
         opt_ours.step()
         opt_theirs.step()
+        assert not hasattr(opt_ours, "grad_scale")  # for that one step only
         for a, b in zip(ours, theirs, strict=True):
             assert (a - b).abs().max().item() < 1e-6
 
