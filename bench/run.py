@@ -1186,12 +1186,6 @@ def bench_peers(steps: int = 200, rounds: int = 5, warmup_steps: int = 10) -> di
             "model": f"{what}: {model.num_parameters():,} parameters",
             "batch_size": recipe.train.batch_size,
             "ms_per_step": phase_ms,
-            # a step's share outside the model's forward and backward: on the same batches (the same
-            # forward and backward), no loop can be faster than this one by more than 1 / (1 - share)
-            "share_outside_model": {
-                arm: round(1 - (p["forward"] + p["backward"]) / sum(p.values()), 3)
-                for arm, p in phase_ms.items()
-            },
             "tokens_per_s": {arm: round(v, 1) for arm, v in speed.items()},
             "tokens_per_s_per_round": {arm: [round(v) for v in values] for arm, values in window.items()},
             "hfpipe_over_plain": round(speed["hfpipe"] / speed["plain"], 3),
