@@ -239,9 +239,10 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None, opti
     if not groups:
         return None
     coefficient, total = factor, None
+    device = next(iter(groups))[0]  # of the norm and of a scale for the optimizer
+    double = any(dtype == torch.float64 for _, dtype in groups)
     if max_norm:
-        device = next(iter(groups))[0]
-        wide = torch.float64 if any(dtype == torch.float64 for _, dtype in groups) else torch.float32
+        wide = torch.float64 if double else torch.float32
         norms = [torch.stack(torch._foreach_norm(g)).to(device, wide) for g in groups.values()]
         total = torch.linalg.vector_norm(torch.cat(norms))
         if factor is not None:
@@ -249,8 +250,8 @@ def scale_and_clip_(parameters, factor=None, max_norm: float | None = None, opti
         clip = (max_norm / (total + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s coefficient
         coefficient = clip if factor is None else factor * clip
     # the kernel reads a float32 scale: float64 gradients keep the multiply, exact in their precision
-    if coefficient is not None and deferred and all(dtype != torch.float64 for _, dtype in groups):
-        inner.grad_scale = (1.0 / coefficient).to(device=next(iter(groups))[0], dtype=torch.float32)
+    if coefficient is not None and deferred and not double:
+        inner.grad_scale = (1.0 / coefficient).to(device=device, dtype=torch.float32)
 
         def done(optimizer, args, kwargs) -> None:  # this step only
             handle.remove()
