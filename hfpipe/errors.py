@@ -81,6 +81,17 @@ class RunError(UsageError):
     kind = "run error"
 
 
+class MissingPackage(UsageError):
+    """A model, tokenizer or tracker needs a Python package that is not installed. Exit code 2: install it,
+    then rerun."""
+
+    kind = "missing package"
+
+    def __init__(self, package: str, needed_by: str, **where) -> None:
+        super().__init__(f"{needed_by} needs the {package} package: pip install {package}", **where)
+        self.package = package
+
+
 class GateFailed(HfpipeError):
     """A --fail-under gate: the run worked, a metric came out below its threshold. Exit code 5."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hfpipe.errors import RecipeError, RunError, did_you_mean
+from hfpipe.errors import HfpipeError, RecipeError, RunError, did_you_mean
 from hfpipe.errors import first_line as _first_line
 
 log = logging.getLogger("hfpipe")
@@ -55,13 +55,6 @@ def _check_config_keys(config_class, keys, where: str) -> None:
             )
 
 
-def _has_pickle_weights(name_or_path: str) -> bool:
-    from pathlib import Path
-
-    folder = Path(name_or_path)
-    return folder.is_dir() and any(folder.glob("*.bin")) or folder.is_dir() and any(folder.glob("*.pt"))
-
-
 def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
     """The model for `recipe` with the task's head; config values from the recipe, then the head's."""
     import transformers
@@ -104,28 +97,20 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
         return model
     config = pretrained_config(spec, head_kwargs)
     transformers.set_seed(recipe.train.seed)  # a new head is initialised randomly too
-    try:
-        model, loading = cls.from_pretrained(
-            spec.name_or_path,
-            output_loading_info=True,
-            config=config,
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            # A new label set (or a checkpoint of another head) gets a freshly initialised head.
-            ignore_mismatched_sizes=True,
-            use_safetensors=None if spec.allow_pickle_weights else True,
-            **_attention(spec),
-        )
-    except (OSError, ValueError) as exc:
-        if not spec.allow_pickle_weights and _has_pickle_weights(spec.name_or_path):
-            raise RecipeError(
-                f"{spec.name_or_path} has only pickle weights (*.bin / *.pt), which can run code when loaded; "
-                "convert them to safetensors, or set model.allow_pickle_weights: true for a checkpoint you trust",
-                key="model.name_or_path",
-            ) from None
-        raise RecipeError(
-            f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
-        ) from None
+    model, fresh = load_pretrained(
+        cls,
+        spec.name_or_path,
+        spec,
+        where={"key": "model.name_or_path"},
+        config=config,
+        # A new label set (or a checkpoint of another head) gets a freshly initialised head.
+        ignore_mismatched_sizes=True,
+    )
+    if fresh:
+        log.info("%s: new weights, randomly initialised: %s", spec.name_or_path, ", ".join(fresh))
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        # GPT-2 has no pad token: its sequence-classification head finds each row's last token by the pad id.
+        model.config.pad_token_id = tokenizer.pad_token_id
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         if recipe.peft is not None:
             raise RecipeError(
@@ -144,7 +129,7 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
     if recipe.peft is not None:
         from hfpipe.adapters import wrap
 
-        model = wrap(model, recipe, task, new_modules=_newly_initialised(loading))
+        model = wrap(model, recipe, task, new_modules=fresh)
     return model
 
 
@@ -154,6 +139,7 @@ def pretrained_config(spec, head_kwargs: dict[str, Any]):
     import transformers
 
     from hfpipe.adapters import is_adapter_run
+    from hfpipe.checkpoints import check_packages
 
     if is_adapter_run(spec.name_or_path):
         raise RecipeError(
@@ -161,30 +147,97 @@ def pretrained_config(spec, head_kwargs: dict[str, Any]):
             "directory",
             key="model.name_or_path",
         )
+    check_packages(spec.name_or_path, spec.revision, "model.name_or_path")
     try:
         config = transformers.AutoConfig.from_pretrained(
             spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise RecipeError(
             f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
         ) from None
     _check_config_keys(type(config), spec.config, "model.config")
     try:
         for key, value in {**spec.config, **head_kwargs}.items():
+            # task_specific_params (a T5 checkpoint's summarization and translation prefixes) gain entries
+            # and keys; the checkpoint's other entries stay.
+            if key == "task_specific_params" and isinstance(getattr(config, key, None), dict):
+                value = _merged(getattr(config, key), value)
             setattr(config, key, value)
     except Exception as exc:  # noqa: BLE001  only recipe values go in
         raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
     return config
 
 
-def _newly_initialised(loading: dict) -> list[str]:
+def _merged(base: dict, top: dict) -> dict:
+    """`top` merged into `base` key by key, nested dicts too."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def load_pretrained(
+    cls,
+    name_or_path: str,
+    spec=None,
+    *,
+    where: dict,
+    score: bool = False,
+    error: type[HfpipeError] = RecipeError,
+    **kwargs,
+):
+    """(model, new weights) of `cls` from a Hub name or local directory, with the recipe's `model` settings
+    (`spec`: revision, trust_remote_code, allow_pickle_weights, attn_implementation; None for an hfpipe run
+    directory, which holds safetensors). Every failure is one line (`error` at `where`): a missing package,
+    pickle-only weights, a checkpoint that does not load.
+
+    The new weights are the outermost modules the checkpoint has no weights for (a new head). Training
+    gives them a random start; `score` (evaluation, prediction, few-shot) refuses them: a random head scored
+    as if trained gives a different number on every run."""
+    from hfpipe.checkpoints import check_packages, pickle_only
+
+    revision = getattr(spec, "revision", None)
+    allow_pickle = getattr(spec, "allow_pickle_weights", False)
+    check_packages(name_or_path, revision, where.get("key"))
+    try:
+        model, loading = cls.from_pretrained(
+            name_or_path,
+            output_loading_info=True,
+            revision=revision,
+            trust_remote_code=getattr(spec, "trust_remote_code", False),
+            use_safetensors=None if allow_pickle else True,
+            **(_attention(spec) if spec is not None else {}),
+            **kwargs,
+        )
+    except (OSError, ValueError, ImportError) as exc:
+        check_packages(name_or_path, revision, where.get("key"))  # downloaded by now: its files tell
+        if not allow_pickle and (pickle_only(name_or_path, revision) or "use_safetensors" in str(exc)):
+            raise error(
+                f"{name_or_path} has only pickle weights (*.bin / *.pt), which can run code when loaded; "
+                "convert them to safetensors, or set model.allow_pickle_weights: true for a checkpoint you trust",
+                **where,
+            ) from None
+        raise error(f"cannot load model {name_or_path!r}: {_first_line(exc)}", **where) from None
+    fresh = newly_initialised(loading)
+    if score and fresh:
+        raise error(
+            f"{name_or_path} has no weights for {', '.join(fresh)} of {type(model).__name__}: scoring it would "
+            "score a random head; train this head first (hfpipe train) or use a checkpoint that has it",
+            **where,
+        )
+    return model, fresh
+
+
+def newly_initialised(loading: dict) -> list[str]:
     """The outermost modules holding weights the checkpoint lacked (a new head: classifier, qa_outputs, an
     MLM head on a classifier's checkpoint). Under an adapter they train in full and are saved with it: left
     frozen, they would stay random, and not the same random when the run is loaded again."""
     keys = set(loading.get("missing_keys") or ())
     keys |= {k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys") or ()}
-    modules = sorted({k.rsplit(".", 1)[0] for k in keys if "." in k}, key=lambda m: m.count("."))
+    modules = sorted({k.rsplit(".", 1)[0] if "." in k else k for k in keys}, key=lambda m: m.count("."))
     outermost: list[str] = []
     for module in modules:
         if not any(module == m or module.startswith(m + ".") for m in outermost):
@@ -201,11 +254,13 @@ def load_run_model(run_dir, task, recipe):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-        if is_adapter_run(run_dir):
-            return load_adapter_run(run_dir, task, recipe), tokenizer
-        model = auto_class(task).from_pretrained(str(run_dir))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"cannot load the model: {_first_line(exc)}", file=str(run_dir)) from None
+    except (OSError, ValueError, ImportError) as exc:
+        raise RunError(f"cannot load the tokenizer: {_first_line(exc)}", file=str(run_dir)) from None
+    if is_adapter_run(run_dir):
+        return load_adapter_run(run_dir, task, recipe), tokenizer
+    model, _ = load_pretrained(
+        auto_class(task), str(run_dir), where={"file": str(run_dir)}, score=True, error=RunError
+    )
     model.eval()
     return model, tokenizer
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from hfpipe.errors import RecipeError
+from hfpipe.errors import RecipeError, first_line
 
 log = logging.getLogger("hfpipe")
 
@@ -25,24 +25,31 @@ def load_tokenizer(
 ):
     from transformers import AutoTokenizer
 
+    from hfpipe.checkpoints import check_packages
+
     if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise RecipeError(f"no such directory: {name_or_path} (a path, not a Hub name)", key=key)
+    check_packages(name_or_path, revision, key)
     try:
         return AutoTokenizer.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}", key=key) from None
+    except (OSError, ValueError, ImportError) as exc:
+        check_packages(name_or_path, revision, key)  # downloaded by now: its files say what it needs
+        raise RecipeError(f"cannot load tokenizer {name_or_path!r}: {first_line(exc)}", key=key) from None
+
+
+def pad_with_eos(tokenizer) -> None:
+    """A tokenizer without a pad token (GPT-2's) pads with its EOS token: padded positions are masked out
+    of attention and of the loss, so which token fills them does not matter, only that one exists."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("the tokenizer has no pad token: %s pads", tokenizer.eos_token)
 
 
 def looks_like_path(name: str) -> bool:
     """A local path rather than a Hub name (which is `name` or `namespace/name`)."""
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:

@@ -205,7 +205,6 @@ def open_model(name_or_path: str, recipe):
     import transformers
 
     from hfpipe import io
-    from hfpipe.errors import RunError
 
     path = Path(name_or_path)
     if path.is_dir() and (path / io.RECIPE).exists():  # an hfpipe run (full or adapter)
@@ -219,32 +218,27 @@ def open_model(name_or_path: str, recipe):
                 key="model.name_or_path",
             )
     else:
-        try:
-            config = transformers.AutoConfig.from_pretrained(
-                name_or_path, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision
-            )
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                name_or_path, revision=recipe.model.revision
-            )
-            masked = any(a.endswith("ForMaskedLM") for a in config.architectures or [])
-            auto = (
-                transformers.AutoModelForSeq2SeqLM
-                if config.is_encoder_decoder
-                else transformers.AutoModelForMaskedLM
-                if masked
-                or (config.model_type in ("bert", "roberta", "distilbert") and not config.is_decoder)
-                else transformers.AutoModelForCausalLM
-            )
-            model = auto.from_pretrained(
-                name_or_path,
-                revision=recipe.model.revision,
-                trust_remote_code=recipe.model.trust_remote_code,
-                use_safetensors=None if recipe.model.allow_pickle_weights else True,
-            )
-        except (OSError, ValueError) as exc:
-            raise RunError(
-                f"cannot load the model: {str(exc).strip().splitlines()[0][:300]}", file=name_or_path
-            ) from None
+        from hfpipe.models import load_pretrained, pretrained_config
+        from hfpipe.tokenization import load_tokenizer
+
+        config = pretrained_config(recipe.model, {})
+        tokenizer = load_tokenizer(
+            name_or_path,
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            key="model.name_or_path",
+        )
+        masked = any(a.endswith("ForMaskedLM") for a in config.architectures or [])
+        auto = (
+            transformers.AutoModelForSeq2SeqLM
+            if config.is_encoder_decoder
+            else transformers.AutoModelForMaskedLM
+            if masked or (config.model_type in ("bert", "roberta", "distilbert") and not config.is_decoder)
+            else transformers.AutoModelForCausalLM
+        )
+        model, _ = load_pretrained(
+            auto, name_or_path, recipe.model, where={"key": "model.name_or_path"}, config=config, score=True
+        )
     model.eval()
     config = model.config
     if config.is_encoder_decoder:

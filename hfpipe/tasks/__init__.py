@@ -8,6 +8,8 @@ validating task names stays instant.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +50,38 @@ class Task:
     # (the same, shifted: a causal LM's first label is never predicted). Gradient accumulation and several
     # processes average over all of a step's items, as one big batch would.
     loss_items: str = "examples"
+
+    def __post_init__(self) -> None:
+        # Scoring and predicting never see dropout, whoever calls them, and hand the model back in the mode
+        # they found it (training goes on after an evaluation).
+        object.__setattr__(self, "evaluate", in_eval_mode(self.evaluate))
+        object.__setattr__(self, "predict", in_eval_mode(self.predict))
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode (no dropout) inside the block; each module's own mode restored after it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def in_eval_mode(function: Callable) -> Callable:
+    """`function(model, ...)` run with `model` in eval mode."""
+    if getattr(function, "in_eval_mode", False):
+        return function
+
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        with eval_mode(model):
+            return function(model, *args, **kwargs)
+
+    wrapper.in_eval_mode = True
+    return wrapper
 
 
 TASKS: dict[str, Task] = {}

@@ -121,7 +121,6 @@ def token_loss_metrics(
     import torch
     import torch.nn.functional as F
 
-    model.eval()
     sums, counts = [], []
     with torch.no_grad():
         for batch in dataloader:
@@ -141,7 +140,6 @@ def token_loss_metrics(
             )
             sums.append(summed.double().cpu())
             counts.append(count.cpu())
-    model.train()
     if not sums:
         return {}
     loss = (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()

@@ -272,7 +272,6 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
 
     config = accelerator.unwrap_model(model).config
     regression = config.problem_type == "regression"
-    model.eval()
     preds, refs, losses = [], [], []
     with torch.no_grad():
         for batch in dataloader:
@@ -289,7 +288,6 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
             preds.append(p.cpu())
             refs.append(r.cpu())
             losses.append(loss.cpu())
-    model.train()
     if not preds:
         return {}
     preds_all, refs_all = torch.cat(preds).float().numpy(), torch.cat(refs).float().numpy()

@@ -16,7 +16,7 @@ import logging
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError
-from hfpipe.tasks import Task, register
+from hfpipe.tasks import Task, eval_mode, register
 
 log = logging.getLogger("hfpipe")
 
@@ -95,10 +95,11 @@ def training_text(raw, recipe):
 
 def ensure_pad(tokenizer) -> None:
     """GPT-2 tokenizers have no pad token: EOS pads (padded positions are never attended or learned)."""
+    from hfpipe.tokenization import pad_with_eos
+
+    pad_with_eos(tokenizer)
     if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise DataError("the tokenizer has neither a pad nor an eos token; generation needs eos")
-        tokenizer.pad_token = tokenizer.eos_token
+        raise DataError("the tokenizer has neither a pad nor an eos token; generation needs eos")
 
 
 def prepare(raw, split: str, tokenizer, config, recipe):
@@ -221,9 +222,7 @@ def generate_ids(
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     out: list[list[int]] = [[] for _ in prompt_ids]
     eos, pad = kwargs["eos_token_id"], kwargs["pad_token_id"]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             rows = [prompt_ids[i][-room:] if room else prompt_ids[i] for i in idx]
@@ -238,8 +237,6 @@ def generate_ids(
             for r, i in enumerate(idx):
                 new = generated[r, width:].tolist()
                 out[i] = new[: new.index(eos)] if eos in new else new
-    if was_training:
-        model.train()
     return out
 
 

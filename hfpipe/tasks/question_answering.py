@@ -354,7 +354,6 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None, outputs: di
 
     from hfpipe.metrics import squad_metrics
 
-    model.eval()
     local = []
     losses, counts = [], []
     with torch.no_grad():
@@ -385,7 +384,6 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None, outputs: di
                         batch["offset_end"][i],
                     )
                 )
-    model.train()
     if not local and not losses:
         return {}
     from accelerate.utils import gather_object
@@ -444,7 +442,6 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 32) ->
     order = sorted(range(len(sample)), key=lambda i: -len(enc["input_ids"][i]))
     windows_of: dict[str, list] = {}
     collate = collator(tokenizer, recipe, train=True)
-    model.eval()
     with torch.no_grad():
         for begin in range(0, len(order), batch_size):
             idx = order[begin : begin + batch_size]

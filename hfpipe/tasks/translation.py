@@ -206,7 +206,6 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
         unwrapped = accelerator.unwrap_model(model)
         kwargs = generation_kwargs(recipe.generation, tokenizer)
         local = []
-        model.eval()  # token_loss_metrics hands the model back in training mode: no dropout while decoding
         with torch.no_grad():
             for batch in dataloader:
                 chosen = [i for i, row in enumerate(batch["row"].tolist()) if budget is None or row < budget]
@@ -230,7 +229,6 @@ def evaluate(model, dataloader, accelerator, recipe, tokenizer=None) -> dict[str
                     )
         hypotheses, references = unique_rows(accelerator, local)
         metrics.update(corpus_scores(hypotheses, references, recipe.data.target_lang))
-    model.train()
     return metrics
 
 
@@ -300,7 +298,6 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16, se
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: list[dict] = [{} for _ in texts]
-    model.eval()
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
