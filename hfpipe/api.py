@@ -42,7 +42,7 @@ def _quiet_libraries() -> None:
 def recipe_tokenizer(recipe, task, raw):
     """The recipe's tokenizer: trained on the training text (deterministic: every process trains the same
     one), or loaded."""
-    from hfpipe.tokenization import load_tokenizer, train_tokenizer
+    from hfpipe.tokenization import load_tokenizer, pad_with_eos, train_tokenizer
 
     if recipe.tokenizer.train is not None:
         return train_tokenizer(
@@ -51,12 +51,14 @@ def recipe_tokenizer(recipe, task, raw):
             recipe.model.architecture,
             model_max_length=512,  # set from the model's config once it is built
         )
-    return load_tokenizer(
+    tokenizer = load_tokenizer(
         recipe.tokenizer.name_or_path or recipe.model.name_or_path,
         revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
         trust_remote_code=recipe.model.trust_remote_code,
         key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
     )
+    pad_with_eos(tokenizer)  # batches of any task pad; GPT-2's tokenizer has no pad token
+    return tokenizer
 
 
 def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str | None = None) -> Path:
