@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hfpipe import io
+from hfpipe import io, runlock
 from hfpipe.errors import DataError, HfpipeError, RunError, UsageError, decode_utf8, first_line
 
 log = logging.getLogger("hfpipe")
@@ -61,6 +61,7 @@ def recipe_tokenizer(recipe, task, raw):
     return tokenizer
 
 
+@runlock.scoped
 def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str | None = None) -> Path:
     """Train `recipe` into its output_dir and return the run directory.
 
@@ -85,6 +86,11 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     task = get_task(recipe.task)
     command = command or shlex.join(["hfpipe", *sys.argv[1:]])
     accelerator = make_accelerator(recipe)
+    # One writer per run directory: the main process locks it before anything reads or deletes there (a
+    # resume removes unfinished checkpoints); the others wait until it holds the lock. Under `hfpipe train
+    # --num-processes` the launching process holds it already (runlock.hold_for_launched).
+    runlock.claim(recipe.output_dir, command=command, main=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     check_trackers(recipe)
     main = accelerator.is_main_process
     if not main:
@@ -106,6 +112,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         # A trained tokenizer knows the model's positions (BERT max_position_embeddings, GPT-2 n_positions),
         # so pipeline(...) on the run directory never truncates past them.
         tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", None) or 512
+    task.check_model(recipe, model.config)
     _check_lengths(recipe, model.config)
     _check_label_smoothing(recipe, model.config)
     resolve_metric_for_best(recipe, task, model.config)
@@ -240,7 +247,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
         if (run_dir / io.MARKER).exists() and not any((run_dir / n).exists() for n in io.LOADABLE):
             log.warning("%s: the run stopped before its first checkpoint; starting it again", run_dir)
             return RESTART
-        if explicit and run_dir.is_dir() and any(run_dir.iterdir()):
+        if explicit and run_dir.is_dir() and io.holds_files(run_dir):
             raise UsageError(
                 f"{run_dir} holds no complete checkpoint to resume from (set train.save_every)",
                 key="output_dir",
@@ -429,6 +436,7 @@ def open_run(run_dir: str | Path):
     return recipe, task, model, tokenizer
 
 
+@runlock.scoped
 def evaluate_run(
     run_dir: str | Path, data_file: str | None = None, split: str = "test", predictions_dir=None
 ) -> dict:
@@ -437,6 +445,7 @@ def evaluate_run(
     from hfpipe.data import FORMATS, RawData, load_raw
     from hfpipe.data import _load_files as load_files
 
+    runlock.claim(predictions_dir)
     recipe, task, model, tokenizer = open_run(run_dir)
     if data_file is not None:
         files: list[str] = []
@@ -705,6 +714,7 @@ def answer_run(
     return shown, predictions
 
 
+@runlock.scoped
 def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> tuple[Path, float]:
     """Fold an adapter run into its base model: (standalone run directory `out_dir`, largest difference
     between the adapter model's outputs and the merged model's on a probe input)."""
@@ -715,6 +725,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
     from hfpipe.adapters import ADAPTER_CONFIG, is_adapter_run, max_output_difference, probe_inputs
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    runlock.claim(out_dir)
     if run_dir.is_dir() and (run_dir / "config.json").exists() and not is_adapter_run(run_dir):
         raise RunError("not an adapter run: it already holds a full model", file=str(run_dir))
     recipe, task, model, tokenizer = open_run(run_dir)
@@ -767,8 +778,8 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
 
 
 # What `hfpipe push` leaves out: resumable state (optimizer, RNG: big and useless to others), a local MLflow
-# store, hfpipe's marker and staging folders.
-PUSH_IGNORE = ("checkpoints/*", "mlruns/*", ".hfpipe-run", ".tmp*", "**/.tmp*")
+# store, hfpipe's marker, lock file and staging folders.
+PUSH_IGNORE = ("checkpoints/*", "mlruns/*", ".hfpipe-run", ".hfpipe-lock", ".tmp*", "**/.tmp*")
 
 
 def push_files(run_dir: str | Path) -> list[tuple[str, int]]:

@@ -1,7 +1,7 @@
 """Tokenized splits, cached on disk under a key of everything that decides their content.
 
 The key covers the tokenizer (its full serialized form, special tokens and limits), the preprocessing
-settings (the recipe's data section, the task, the few train / model settings that prepare reads), the
+settings (the recipe's data section, the task, and what else the task declares its `prepare` reads), the
 data itself (sha256 of every data file; the recipe's generator settings for built-in data; the datasets
 fingerprint for Hub data) and the code that prepares it (the task module and hfpipe's data reader). Any
 change to one of them is a different key, so a stale entry is never read; an unchanged recipe reads its
@@ -42,7 +42,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     if backend is None:  # a slow tokenizer: its vocabulary and settings are all there is
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     else:
-        digest.update(backend.to_str().encode())
+        # Without the truncation / padding state a call leaves behind: the same tokenizer before and after
+        # tokenizing a split (question-answering's windows set a stride) has one fingerprint.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
     settings = {
         "class": type(tokenizer).__name__,
         "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
@@ -68,7 +73,7 @@ def _source_digest() -> str:
 def split_key(raw, split: str, tokenizer, config, recipe, task, file_digests: dict[str, str]) -> dict:
     """Everything that decides the prepared `split` (the cache key is the sha256 of its JSON)."""
     key = {
-        "format": 1,
+        "format": 2,
         "task": task.name,
         "split": split,
         "code": _source_digest(),
@@ -76,11 +81,10 @@ def split_key(raw, split: str, tokenizer, config, recipe, task, file_digests: di
         "data": recipe.data.model_dump(mode="json", exclude={"cache"}),
         "files": file_digests,
         "origin": raw.origin,
-        "model": {k: getattr(config, k, None) for k in ("model_type", "label2id", "problem_type")},
-        "train": {"whole_word_mask": recipe.train.whole_word_mask},
+        "settings": task.preparation_settings(recipe, config),
     }
     if recipe.data.validation_fraction:  # the held-out rows depend on the seed
-        key["train"]["seed"] = recipe.train.seed
+        key["seed"] = recipe.train.seed
     if raw.origin.startswith("hub:"):
         key["hub_fingerprint"] = raw.splits[split]._fingerprint
     return key

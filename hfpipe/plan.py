@@ -84,10 +84,10 @@ def _split_stats(task_name: str, raw, name: str, tokenizer, recipe, prepared, co
             "efficiency": round(len(prepared) * limit / total, 4) if total else 0.0,
         }
     elif task_name == "translation":
-        from hfpipe.tasks.translation import _pairs, _prefix
+        from hfpipe.tasks.translation import _pairs
 
         sources, targets = _pairs(raw, name, recipe)
-        prefix = _prefix(recipe, config)
+        prefix = recipe.data.source_prefix or ""
         source_lengths = [len(x) for x in tokenizer([prefix + s for s in sources])["input_ids"]]
         out["tokens"] = _percentiles(source_lengths)
         out["truncated"] = sum(n > limit for n in source_lengths)

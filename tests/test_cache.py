@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -115,3 +116,133 @@ def test_text_files_by_line_paragraph_or_file(tmp_path):
             where = raw.where("train", raw.splits["train"][3])
             assert where["line"] == 4 and Path(where["file"]).resolve() == text.resolve()
     assert counts == {"line": 4, "paragraph": 2, "file": 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every task: what its preparation reads is in the key
+
+
+# A bundled recipe per task, shrunk to a few rows.
+PREPARED = {
+    "classification": ("quickstart.yaml", ["data.builtin.train_size=40"]),
+    "question-answering": ("bert-qa.yaml", ["data.builtin.train_size=12", "qa.max_question_length=40"]),
+    "masked-lm": ("bert-mlm-pretrain.yaml", ["data.builtin.train_size=60", "data.max_length=16"]),
+    "causal-lm": ("gpt2-clm-pretrain.yaml", ["data.builtin.train_size=60", "data.max_length=16"]),
+    "generation": ("gpt2-generation.yaml", ["data.builtin.train_size=40"]),
+    "translation": ("t5-translation.yaml", ["data.builtin.train_size=40"]),
+}
+# For each setting a task declares its preparation reads (beyond the data section, which is all in the key):
+# a recipe override, or a change of the model config, that changes it.
+CHANGES = {
+    "classification": {
+        "config.label2id": {"label2id": {"positive": 0, "negative": 1}},
+        "config.problem_type": {"problem_type": "regression"},
+        "config.num_labels": {"num_labels": 3},
+    },
+    "question-answering": {
+        "qa.doc_stride": "qa.doc_stride=24",
+        "qa.max_question_length": "qa.max_question_length=48",
+        "qa.version_2_with_negative": "qa.version_2_with_negative=true",
+    },
+    "masked-lm": {"train.whole_word_mask": "train.whole_word_mask=true"},
+    "causal-lm": {},
+    "generation": {},
+    "translation": {},
+}
+
+
+def _flat(settings: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in settings.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) and prefix == "" else {prefix + key}
+    return out
+
+
+def _task_inputs(name: str, tmp_path, *overrides):
+    """(recipe, raw data, tokenizer, model config) for the task's bundled recipe, shrunk."""
+    import transformers
+
+    from hfpipe.api import recipe_tokenizer
+    from hfpipe.architectures import ARCHITECTURES
+
+    file, shrink = PREPARED[name]
+    recipe = load_recipe(
+        RECIPES / file,
+        [
+            *shrink,
+            "data.builtin.validation_size=4",
+            "data.builtin.test_size=4",
+            "tokenizer.train.vocab_size=200",
+            *overrides,
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    task = get_task(name)
+    raw = load_raw(recipe)
+    tokenizer = recipe_tokenizer(recipe, task, raw)
+    arch = ARCHITECTURES[recipe.model.architecture]
+    config = transformers.AutoConfig.for_model(arch.model_type, **task.configure(raw, recipe))
+    return recipe, raw, tokenizer, config
+
+
+@pytest.mark.parametrize("name", sorted(PREPARED))
+def test_every_setting_a_task_prepares_with_misses_the_cache(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("HFPIPE_CACHE", str(tmp_path / "cache"))
+    task = get_task(name)
+    recipe, raw, tokenizer, config = _task_inputs(name, tmp_path)
+    declared = _flat(task.preparation_settings(recipe, config))
+    assert declared == set(CHANGES[name]), "every declared setting needs a change in CHANGES"
+    prepare_split(raw, "train", tokenizer, config, recipe, task, {})
+    prepare_split(raw, "train", tokenizer, config, recipe, _refusing(task), {})  # unchanged: read back
+    for setting, change in CHANGES[name].items():
+        if isinstance(change, str):
+            changed, changed_config = _task_inputs(name, tmp_path, change)[0], config
+        else:
+            changed, changed_config = recipe, transformers_config_with(config, change)
+        with _context(setting), pytest.raises(AssertionError, match="tokenized again"):
+            prepare_split(raw, "train", tokenizer, changed_config, changed, _refusing(task), {})
+
+
+@contextlib.contextmanager
+def _context(setting: str):
+    """Names the setting in the failure of a `pytest.raises` inside."""
+    try:
+        yield
+    except pytest.fail.Exception as exc:
+        raise AssertionError(f"changing {setting} read stale prepared data from the cache") from exc
+
+
+def transformers_config_with(config, values: dict):
+    copy = type(config).from_dict(config.to_dict())
+    for key, value in values.items():
+        setattr(copy, key, value)
+    return copy
+
+
+class _Reads:
+    """A recipe or config that records the dotted path of every attribute read through it."""
+
+    def __init__(self, target, path: str, log: set[str]) -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_log", log)
+
+    def __getattr__(self, name: str):
+        value = getattr(self._target, name)
+        path = f"{self._path}.{name}"
+        if hasattr(value, "model_fields"):  # a recipe section: follow it down
+            return _Reads(value, path, self._log)
+        self._log.add(path)
+        return value
+
+
+@pytest.mark.parametrize("name", sorted(PREPARED))
+def test_a_task_declares_every_setting_its_preparation_reads(name, tmp_path):
+    """The cache key is only as good as the task's declaration: reads outside the data section must be in it."""
+    task = get_task(name)
+    recipe, raw, tokenizer, config = _task_inputs(name, tmp_path)
+    reads: set[str] = set()
+    task.prepare(raw, "train", tokenizer, _Reads(config, "config", reads), _Reads(recipe, "recipe", reads))
+    read = {r.removeprefix("recipe.") for r in reads if not r.startswith("recipe.data.")}
+    declared = _flat(task.preparation_settings(recipe, config))
+    assert read <= declared, f"{name} reads {sorted(read - declared)} without declaring them"

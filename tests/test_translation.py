@@ -227,9 +227,6 @@ def test_pretrained_t5_without_a_prefix_warns(t5_run, tmp_path, caplog):
         "train.max_steps=1",
         "generation.eval_samples=2",
     )
-    from hfpipe.tasks import translation
-
-    translation._WARNED.clear()
     with caplog.at_level(logging.WARNING, logger="hfpipe"):
         train(recipe)
     assert caplog.text.count("T5 expects one") == 1  # once, not once per split

@@ -50,6 +50,12 @@ class Task:
     # (the same, shifted: a causal LM's first label is never predicted). Gradient accumulation and several
     # processes average over all of a step's items, as one big batch would.
     loss_items: str = "examples"
+    # (recipe, model config) -> every value outside the data section that `prepare` reads: part of the
+    # tokenized-data cache key, so changing one of them never reads stale prepared data back
+    preparation_settings: Callable[..., dict[str, Any]] = lambda recipe, config: {}
+    # (recipe, model config) -> None: checks of the recipe against the model it runs on (RecipeError, or a
+    # warning), run once the model is built and before any data is prepared
+    check_model: Callable[..., None] = lambda recipe, config: None
 
     def __post_init__(self) -> None:
         # Scoring and predicting never see dropout, whoever calls them, and hand the model back in the mode

@@ -6,7 +6,7 @@ import logging
 import math
 
 from hfpipe.data import FILE, ROW
-from hfpipe.errors import DataError
+from hfpipe.errors import DataError, RecipeError
 from hfpipe.tasks import Task, register
 
 log = logging.getLogger("hfpipe")
@@ -74,9 +74,9 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     block_size = recipe.data.max_length
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise DataError(
-            "the tokenizer has no eos_token, which packing puts between documents",
-            file=str(recipe.model.name_or_path or recipe.model.architecture),
+        raise RecipeError(
+            "the tokenizer has no eos_token, which packing puts between documents; use one that has",
+            key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
         )
 
     texts = split_texts(raw, split, recipe)

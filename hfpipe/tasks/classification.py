@@ -339,6 +339,11 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 64) ->
     return results  # type: ignore[return-value]
 
 
+def preparation_settings(recipe, config) -> dict:
+    """Labels become ids through the model's label set."""
+    return {"config": {k: getattr(config, k, None) for k in ("problem_type", "label2id", "num_labels")}}
+
+
 CLASSIFICATION = register(
     Task(
         name="classification",
@@ -354,5 +359,6 @@ CLASSIFICATION = register(
         primary_metric=primary_metric,
         metric_names=metric_names,
         predict=predict,
+        preparation_settings=preparation_settings,
     )
 )

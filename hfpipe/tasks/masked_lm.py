@@ -167,5 +167,9 @@ MASKED_LM = register(
         metric_names=metric_names,
         predict=predict,
         needs_labels=False,
+        # whole-word masking keeps each token's word id in the prepared blocks
+        preparation_settings=lambda recipe, config: {
+            "train": {"whole_word_mask": recipe.train.whole_word_mask}
+        },
     )
 )

@@ -488,5 +488,11 @@ QUESTION_ANSWERING = register(
         predict=predict,
         label_column="start_positions",
         writes_outputs=True,
+        # the windows: their stride, the room the question takes, whether unanswerable questions stay
+        preparation_settings=lambda recipe, config: {
+            "qa": recipe.qa.model_dump(
+                include={"doc_stride", "max_question_length", "version_2_with_negative"}
+            )
+        },
     )
 )

@@ -91,19 +91,12 @@ def training_text(raw, recipe):
         yield t
 
 
-_WARNED: set[str] = set()
-
-
-def _prefix(recipe, config) -> str:
-    prefix = recipe.data.source_prefix or ""
-    name = recipe.model.name_or_path
-    if not prefix and getattr(config, "model_type", None) == "t5" and name and name not in _WARNED:
-        _WARNED.add(name)  # once per model, not once per split
+def check_model(recipe, config) -> None:
+    if not recipe.data.source_prefix and recipe.model.name_or_path and config.model_type == "t5":
         log.warning(
             "a pretrained T5 model without data.source_prefix: T5 expects one, "
             'e.g. "translate English to German: "'
         )
-    return prefix
 
 
 def set_lang_codes(tokenizer, recipe) -> None:
@@ -129,7 +122,8 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     sources, targets = _pairs(raw, split, recipe)
     source_limit = recipe.data.max_length
     target_limit = recipe.data.max_target_length or recipe.data.max_length
-    enc = tokenizer([_prefix(recipe, config) + s for s in sources], truncation=True, max_length=source_limit)
+    prefix = recipe.data.source_prefix or ""
+    enc = tokenizer([prefix + s for s in sources], truncation=True, max_length=source_limit)
     columns = {
         "input_ids": enc["input_ids"],
         "length": [len(i) for i in enc["input_ids"]],
@@ -292,7 +286,7 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 16, se
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"row {number}: no {source!r} text to translate")
         texts.append(text)
-    prefix = _prefix(recipe, model.config)
+    prefix = recipe.data.source_prefix or ""
     set_lang_codes(tokenizer, recipe)
     kwargs = generation_kwargs(settings or recipe.generation, tokenizer)
     device = next(model.parameters()).device
@@ -332,5 +326,6 @@ TRANSLATION = register(
         metric_names=metric_names,
         predict=predict,
         metric_signatures=metric_signatures,
+        check_model=check_model,
     )
 )
