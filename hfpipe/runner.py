@@ -123,6 +123,7 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # current epoch (0-based)
     best_metric: float | None = None
+    best_loss: float | None = None  # the best evaluation's loss: breaks ties of metric_for_best
     best_step: int | None = None
     evals_without_improvement: int = 0
     epoch_float: float = 0.0  # progress in epochs, for the logs
@@ -136,8 +137,10 @@ class TrainState:
     window_loss_count: int = 0
     window_tokens: int = 0
     window_examples: int = 0
-    # Seconds of training so far, without evaluation and checkpointing (carried across a resume).
+    # Seconds of training so far, without evaluation and checkpointing, and with them (both carried across a
+    # resume, so that train_seconds <= runtime_seconds always)
     train_seconds: float = 0.0
+    runtime_seconds: float = 0.0
     processes: int | None = None  # of the run that saved the checkpoint (a resume needs as many)
 
 
@@ -242,11 +245,16 @@ def _duration(seconds: float) -> str:
     )
 
 
-def _improved(value: float, best: float | None, greater: bool, threshold: float) -> bool:
+def _improved(value: float, loss, state: TrainState, greater: bool, threshold: float) -> bool:
+    """Better than the best evaluation so far: by more than `threshold` in metric_for_best, or equal in it
+    with a lower validation loss (BLEU 0.0 twice early in a run: the step whose outputs improved wins)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
+    best = state.best_metric
     if best is None:
         return True
+    if value == best:
+        return loss is not None and state.best_loss is not None and loss < state.best_loss
     return value > best + threshold if greater else value < best - threshold
 
 
@@ -522,8 +530,8 @@ def fit(
         last_eval_step = state.step
         record("eval", {f"eval_{k}": v for k, v in metrics.items()})
         value = metrics[metric_for_best]  # checked against task.metric_names before training
-        if _improved(value, state.best_metric, greater, spec.early_stopping_threshold):
-            state.best_metric, state.best_step = value, state.step
+        if _improved(value, metrics.get("loss"), state, greater, spec.early_stopping_threshold):
+            state.best_metric, state.best_loss, state.best_step = value, metrics.get("loss"), state.step
             state.evals_without_improvement = 0
             state_dict = accelerator.get_state_dict(model)  # all processes (gathers FSDP / DeepSpeed shards)
             if accelerator.is_main_process:
@@ -563,6 +571,7 @@ def fit(
         nonlocal last_save_step
         last_save_step = state.step
         state.train_seconds = trained_seconds()
+        state.runtime_seconds = runtime_before + time.perf_counter() - started  # read after: never less
         root = run_dir / io.CHECKPOINTS
         final = root / f"step-{state.step:07d}"
         tmp = io.staging_dir(final) if accelerator.is_main_process else None
@@ -627,7 +636,7 @@ def fit(
     last_plain = state.step
     started = time.perf_counter()
     window_start = clock["started"] = started
-    clock["before"] = state.train_seconds
+    clock["before"], runtime_before = state.train_seconds, state.runtime_seconds
     # DeepSpeed keeps the gradients inside its engine (no .grad to rescale): its steps average the batches'
     # means, as DeepSpeed does on its own.
     normalize = processes * accumulation > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED
@@ -831,8 +840,8 @@ def fit(
         # Flush TensorBoard's writer, end the MLflow run; not accelerator.end_training(), which also
         # destroys the process group that the rest of the run (test scoring, saving) still needs.
         finish_trackers(accelerator)
-    runtime = time.perf_counter() - started
     state.train_seconds = trained_seconds()
+    state.runtime_seconds = runtime_before + time.perf_counter() - started  # read after: never less
     accelerator.wait_for_everyone()
 
     final = accelerator.unwrap_model(model)
@@ -851,7 +860,12 @@ def fit(
         validation = _best_eval(metrics_log, state.best_step)
     accelerator.free_memory()
     return FitResult(
-        final, state, validation, runtime, metric_for_best if eval_dl is not None else None, padding
+        final,
+        state,
+        validation,
+        state.runtime_seconds,
+        metric_for_best if eval_dl is not None else None,
+        padding,
     )
 
 

@@ -379,3 +379,20 @@ def test_optimizer_is_fused_adamw_without_decay_on_biases_and_norms():
     model(torch.ones(2, 4)).sum().backward()
     optimizer.step()
     assert not torch.equal(before, model[0].weight)
+
+
+def test_a_tie_in_metric_for_best_goes_to_the_lower_validation_loss(tmp_path, monkeypatch):
+    """Accuracy equal at every evaluation (as BLEU 0.0 early in a run): the best model is the evaluation
+    with the lowest loss, not the first; a tie with a higher loss does not move it."""
+    from hfpipe.tasks import get_task
+
+    task = get_task("classification")
+    losses = iter([0.9, 0.5, 0.7, 0.5])  # steps 4, 8, 12, 16
+
+    def flat(*args, **kwargs):
+        return {"loss": next(losses), "accuracy": 0.5, "f1": 0.5, "mcc": 0.0}
+
+    monkeypatch.setattr(type(task), "evaluate", property(lambda self: flat), raising=False)
+    _, metrics, records = _run(tmp_path, "train.max_steps=16", "train.eval_every=4", "~train.epochs")
+    assert [r["step"] for r in records if r["type"] == "eval"] == [4, 8, 12, 16]
+    assert metrics["best_step"] == 8 and metrics["validation"]["loss"] == 0.5
