@@ -9,6 +9,7 @@ Layout (a Hugging Face model directory plus hfpipe's records)::
     RUN_DIR/README.md                                         model card
     RUN_DIR/checkpoints/step-000100/                          resumable training state
     RUN_DIR/checkpoints/best/                                 weights of the best evaluation so far
+    RUN_DIR/.hfpipe-lock                                      who writes the run now (hfpipe.runlock)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ METRICS_LOG = "metrics.jsonl"
 CARD = "README.md"
 CHECKPOINTS = "checkpoints"
 MARKER = ".hfpipe-run"
+# The lock of the command writing the directory (hfpipe.runlock): never one of the run's files.
+LOCK = ".hfpipe-lock"
 # A file that makes a run directory loadable, written last: a full model's config, or an adapter's.
 LOADABLE = ("config.json", "adapter_config.json")
 
@@ -39,18 +42,29 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[str, ...] = ()) -> Path:
-    """Create the run directory; refuse to clobber an existing one unless `overwrite` says so.
-
-    Only a directory that hfpipe created (it holds the MARKER file) is ever emptied, and never one that
-    holds a file the run reads (`protected`: the recipe, the data).
-    """
-    out = Path(path).expanduser().resolve()
+def forbidden_output_dirs() -> set[Path]:
+    """/, the home directory and the repository around the working directory: never a run directory."""
     forbidden = {Path("/"), Path.home().resolve()}
     root = _repo_root(Path.cwd().resolve())
     if root is not None:
         forbidden.add(root)
-    if out in forbidden:
+    return forbidden
+
+
+def holds_files(folder: Path) -> bool:
+    """Whether `folder` holds anything but the lock file (which the running command itself may hold)."""
+    return any(child.name != LOCK for child in Path(folder).iterdir())
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[str, ...] = ()) -> Path:
+    """Create the run directory; refuse to clobber an existing one unless `overwrite` says so.
+
+    Only a directory that hfpipe created (it holds the MARKER file) is ever emptied, and never one that
+    holds a file the run reads (`protected`: the recipe, the data). The lock file stays: the command that
+    calls this holds it.
+    """
+    out = Path(path).expanduser().resolve()
+    if out in forbidden_output_dirs():
         raise UsageError(
             f"refusing to use {out} as output_dir (it is / , the home directory or the "
             "repository root); pick a subdirectory",
@@ -58,7 +72,7 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[st
         )
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory", key="output_dir")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and holds_files(out):
         if not overwrite:
             raise UsageError(
                 f"{out} already holds files; pass --overwrite to replace that run (or change output_dir)",
@@ -76,6 +90,8 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[st
                     f"{out} holds {item}, which this run reads; refusing to delete it", key="output_dir"
                 )
         for child in out.iterdir():
+            if child.name == LOCK:
+                continue
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from hfpipe import runlock
 from hfpipe.cli.common import (
     JsonOpt,
     OverridesArg,
@@ -83,7 +84,11 @@ def train(
                 *(["--json"] if as_json else []),
                 *(f"--fail-under={g}" for g in fail_under or []),
             ]
-            raise typer.Exit(_launch(recipe, args + flags, processes, config_file))
+            # This process holds output_dir's lock for the ones it starts: a second writer fails here, at
+            # once, rather than after its processes have started.
+            with runlock.hold_for_launched(loaded.output_dir):
+                code = _launch(recipe, args + flags, processes, config_file)
+            raise typer.Exit(code)
         from hfpipe.api import train as run_train
 
         run_dir = run_train(loaded, overwrite=overwrite, resume=resume)
@@ -210,7 +215,9 @@ def evaluate(
 ) -> None:
     """Score a trained run on --data FILE or on its recipe's test split."""
     setup_logging(quiet=quiet, json=as_json)
-    with user_errors():
+    # -o FILE: its folder is locked only if it has a lock file (a run directory, or a folder a command writes
+    # now); a file elsewhere is written where asked, in one atomic rename, and leaves no lock file there.
+    with user_errors(), runlock.hold(output and output.parent, create=False):
         from hfpipe import console
         from hfpipe.api import evaluate_run
 

@@ -18,6 +18,7 @@ import string
 import time
 from pathlib import Path
 
+from hfpipe import runlock
 from hfpipe.errors import DataError, RecipeError
 
 log = logging.getLogger("hfpipe")
@@ -413,10 +414,12 @@ def score_rolling(model, tokenizer, kind: str, prompts: Prompts, spec) -> tuple[
 # The run
 
 
+@runlock.scoped
 def run(recipe, *, limit: int | None = None) -> dict:
     """Evaluate recipe.fewshot on recipe.model.name_or_path; write OUTPUT_DIR/results.json; return it."""
     from hfpipe import io
 
+    runlock.claim(recipe.output_dir)
     spec = recipe.fewshot
     limit = limit or spec.limit
     model, tokenizer, kind = open_model(recipe.model.name_or_path, recipe)
