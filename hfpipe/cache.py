@@ -78,7 +78,7 @@ def split_key(raw, split: str, tokenizer, config, recipe, task, file_digests: di
         "split": split,
         "code": _source_digest(),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "data": recipe.data.model_dump(mode="json", exclude={"cache"}),
+        "data": recipe.data.model_dump(mode="json", exclude={"cache", "source_hint"}),
         "files": file_digests,
         "origin": raw.origin,
         "settings": task.preparation_settings(recipe, config),

@@ -50,19 +50,19 @@ class RawData:
             row = int(example[ROW])
             if fmt == "text":  # one row per line (blank lines included), or paragraphs / whole files
                 return (
-                    {"file": _shown(path), "line": row + 1}
+                    {"file": shown_path(path), "line": row + 1}
                     if self.text_unit == "line"
-                    else {"file": f"{_shown(path)} ({self.text_unit} {row + 1})"}
+                    else {"file": f"{shown_path(path)} ({self.text_unit} {row + 1})"}
                 )
             lines = _record_lines(path, fmt) if fmt in ("csv", "tsv", "jsonl") else []
             if row < len(lines):
-                return {"file": _shown(path), "line": lines[row]}
-            return {"file": f"{_shown(path)} (row {row + 1})"}  # parquet / json arrays have rows, not lines
+                return {"file": shown_path(path), "line": lines[row]}
+            return {"file": f"{shown_path(path)} (row {row + 1})"}  # parquet / json arrays have rows, not lines
         if example is not None and ROW in example:
             return {"file": f"{self.origin} split {split!r} (row {int(example[ROW]) + 1})"}
         split_files = sorted({self.files[i] for i in self._file_ids(split)}) if self.files else []
         if split_files:
-            return {"file": ", ".join(_shown(f) for f in split_files)}
+            return {"file": ", ".join(shown_path(f) for f in split_files)}
         return {"file": f"{self.origin} split {split!r}"}
 
     def _file_ids(self, split: str) -> list[int]:
@@ -91,7 +91,8 @@ def _record_lines(path: str, fmt: str) -> list[int]:
         return starts[1:]  # the first record is the header
 
 
-def _shown(path: str) -> str:
+def shown_path(path: str) -> str:
+    """A path as messages show it: relative to the current directory when that is short."""
     rel = os.path.relpath(path)
     return rel if not rel.startswith("../..") else path
 
@@ -105,7 +106,7 @@ def file_format(path: str, declared: str = "auto") -> str:
     raise DataError(
         f"cannot tell the format from the extension {suffix!r}; set data.format "
         f"(one of csv, tsv, json, jsonl, parquet, text)",
-        file=_shown(path),
+        file=shown_path(path),
     )
 
 
@@ -119,7 +120,7 @@ _SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
 def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
     import datasets
 
-    shown = _shown(path)
+    shown = shown_path(path)
     if not os.path.exists(path):
         raise DataError("file not found", file=shown)
     if os.path.isdir(path):
@@ -163,7 +164,7 @@ def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
 def _squad_rows(path: str) -> list[dict] | None:
     """The questions of an official SQuAD JSON file (version / data / paragraphs / qas) as flat rows:
     id, title, context, question, answers {text, answer_start}, is_impossible. None for other JSON."""
-    shown = _shown(path)
+    shown = shown_path(path)
     with open(path, "rb") as f:
         head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     if not head.startswith(b"{") or b'"data"' not in head and b'"version"' not in head:
@@ -209,7 +210,7 @@ def _squad_rows(path: str) -> list[dict] | None:
 
 def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
     """Turn a builder failure into a DataError pointing at the first bad line of the file."""
-    shown = _shown(path)
+    shown = shown_path(path)
     try:
         text = decode_utf8(Path(path).read_bytes(), DataError, shown)
     except DataError as err:
@@ -270,7 +271,7 @@ def _load_files(
     except ValueError as exc:
         raise DataError(
             f"files of one split have different columns or column types: {exc}",
-            file=", ".join(_shown(p) for p in paths),
+            file=", ".join(shown_path(p) for p in paths),
         ) from None
 
 
@@ -283,7 +284,7 @@ def parallel_files(prefix: str, source: str, target: str) -> tuple[str, str]:
 
 def _read_lines(path: str) -> list[str]:
     """Lines split on newlines only (a line may hold tabs or other separators); a final newline ends it."""
-    shown = _shown(path)
+    shown = shown_path(path)
     if not os.path.exists(path):
         raise DataError("file not found", file=shown)
     if os.path.isdir(path):
@@ -307,9 +308,9 @@ def _load_parallel(prefixes: list[str], source: str, target: str, files: list[st
         src, tgt = _read_lines(src_path), _read_lines(tgt_path)
         if len(src) != len(tgt):
             raise DataError(
-                f"misaligned parallel files: {len(src)} lines in {_shown(src_path)}, {len(tgt)} in "
-                f"{_shown(tgt_path)}",
-                file=f"{_shown(src_path)}, {_shown(tgt_path)}",
+                f"misaligned parallel files: {len(src)} lines in {shown_path(src_path)}, {len(tgt)} in "
+                f"{shown_path(tgt_path)}",
+                file=f"{shown_path(src_path)}, {shown_path(tgt_path)}",
             )
         # Rows are lines: errors point at line row + 1 of the source file, whose entry the target file's
         # follows (PARALLEL_TARGET: the target side of a row is in file FILE + 1).

@@ -28,17 +28,17 @@ def stream_files(paths: list[str]):
 
     import datasets
 
-    from hfpipe.data import _shown
+    from hfpipe.data import shown_path
 
     kinds = set()
     for path in paths:
         if not Path(path).is_file():
-            raise DataError("no such file (data.train)", file=_shown(path))
+            raise DataError("no such file (data.train)", file=shown_path(path))
         suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
         if suffix not in BUILDERS:
             raise DataError(
                 f"data.streaming reads {', '.join(sorted(BUILDERS))} files, not {suffix or 'files without an extension'}",
-                file=_shown(path),
+                file=shown_path(path),
             )
         kinds.add(BUILDERS[suffix])
     if len(kinds) > 1:

@@ -8,7 +8,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# The simulated Hub (tests/hub.py) lives in a hub cache of the session's own: set before anything imports
+# huggingface_hub, which reads HF_HUB_CACHE once. Repo ids resolve there exactly as downloads would.
+HUB_CACHE = Path(tempfile.mkdtemp(prefix="hfpipe-test-hub-"))
+os.environ["HF_HUB_CACHE"] = str(HUB_CACHE)
+atexit.register(shutil.rmtree, HUB_CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -57,6 +66,15 @@ TINY_GPT2 = [
 def _datasets_cache(tmp_path_factory):
     os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
     os.environ["HFPIPE_CACHE"] = str(tmp_path_factory.mktemp("hfpipe_cache"))
+
+
+@pytest.fixture(scope="session")
+def hub() -> dict[str, Path]:
+    """Tiny random checkpoints in the Hub's own formats under real repo ids ({repo id: snapshot folder}),
+    built once per session (a few seconds)."""
+    from hub import build
+
+    return build(HUB_CACHE)
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ def validate(
     any recipe is invalid.
     """
     from hfpipe.errors import RecipeError
+    from hfpipe.preflight import problems
     from hfpipe.recipe import load_recipe
 
     paths, overrides = _split_args(args)
@@ -56,6 +57,12 @@ def validate(
             failed += 1
             for err in exc.all():
                 typer.echo(str(err), err=True)
+            continue
+        found = problems(recipe)  # on this machine: the files it names, the packages its model needs
+        if found:
+            failed += 1
+            for err in found:
+                typer.echo(f"{path}: {err}", err=True)
             continue
         if recipe.model.trust_remote_code:
             typer.echo(

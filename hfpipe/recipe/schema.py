@@ -191,6 +191,9 @@ class Data(Section):
     test: Files | None = Field(
         None, description="Test file(s), scored once at the end with the best model.", json_schema_extra=PATH
     )
+    source_hint: str | None = Field(
+        None, description="Where the data files come from: said when one is missing (e.g. a download page)."
+    )
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "parallel"] = Field(
         "auto",
         description="File format; auto picks it from the file extension (.txt is text). parallel: each split "
