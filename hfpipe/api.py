@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hfpipe import io, runlock
+from hfpipe import io, preflight, runlock
 from hfpipe.errors import DataError, HfpipeError, RunError, UsageError, decode_utf8, first_line
 
 log = logging.getLogger("hfpipe")
@@ -96,11 +96,15 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     if not main:
         log.setLevel(logging.WARNING)
 
-    # Everything that can reject the input runs before the output directory is touched.
+    # Everything that can reject the input runs before the output directory is touched, the cheap checks
+    # first: the files and packages the recipe needs, a run directory already in use.
+    preflight.check(recipe)
     resume_from = _resume_point(recipe, explicit=resume, overwrite=overwrite)
     restart = resume_from is RESTART
     if restart:
         resume_from = None
+    if resume_from is None:
+        io.check_output_dir(recipe.output_dir, overwrite=overwrite or restart)
     raw = load_raw(recipe)
     head_kwargs = task.configure(raw, recipe)
     if resume_from is not None:

@@ -56,13 +56,11 @@ def holds_files(folder: Path) -> bool:
     return any(child.name != LOCK for child in Path(folder).iterdir())
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[str, ...] = ()) -> Path:
-    """Create the run directory; refuse to clobber an existing one unless `overwrite` says so.
-
-    Only a directory that hfpipe created (it holds the MARKER file) is ever emptied, and never one that
-    holds a file the run reads (`protected`: the recipe, the data). The lock file stays: the command that
-    calls this holds it.
-    """
+def check_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[str, ...] = ()) -> Path:
+    """The run directory, refused (UsageError) when it cannot be written: a directory that already holds
+    files without `overwrite`; with it, one hfpipe did not create (no MARKER file) or one that holds a file
+    the run reads (`protected`: the recipe, the data). Changes nothing: `train` calls it before loading
+    anything, and `prepare_output_dir` again before it writes."""
     out = Path(path).expanduser().resolve()
     if out in forbidden_output_dirs():
         raise UsageError(
@@ -89,6 +87,17 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[st
                 raise UsageError(
                     f"{out} holds {item}, which this run reads; refusing to delete it", key="output_dir"
                 )
+    return out
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool, protected: tuple[str, ...] = ()) -> Path:
+    """Create the run directory, or empty an earlier run there (`overwrite`), after `check_output_dir`.
+
+    Only a directory that hfpipe created (it holds the MARKER file) is ever emptied, and never one that
+    holds a file the run reads. The lock file stays: the command that calls this holds it.
+    """
+    out = check_output_dir(path, overwrite=overwrite, protected=protected)
+    if out.is_dir() and holds_files(out):
         for child in out.iterdir():
             if child.name == LOCK:
                 continue

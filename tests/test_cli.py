@@ -65,6 +65,35 @@ def test_validate_warns_on_trust_remote_code(cli, tmp_path):
     assert result.exit_code == 0 and "warning: model.trust_remote_code" in result.output
 
 
+def test_validate_checks_the_files_and_folders_a_recipe_names(cli, tmp_path):
+    missing = tmp_path / "missing.csv"
+    result = cli(
+        "validate",
+        RECIPES / "quickstart.yaml",
+        "~data.builtin",
+        f"data.train={missing}",
+        "~model.architecture",
+        "~model.config",
+        "~tokenizer.train",
+        f"model.name_or_path={tmp_path / 'no-such-model'}",
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "model.name_or_path: no such directory" in result.output
+    assert "missing.csv: file not found" in result.output
+
+
+def test_an_occupied_output_dir_is_refused_before_loading_data_or_model(cli, tmp_path, monkeypatch):
+    import hfpipe.data
+
+    def load_raw(recipe):
+        raise AssertionError("loaded the data before checking output_dir")
+
+    monkeypatch.setattr(hfpipe.data, "load_raw", load_raw)
+    out = write(tmp_path / "run" / "notes.txt", "someone's files").parent
+    result = cli("train", RECIPES / "quickstart.yaml", *TINY, f"output_dir={out}")
+    assert result.exit_code == 2 and "already holds files" in result.output
+
+
 def test_train_recipe_error_exits_2(cli):
     result = cli("train", RECIPES / "quickstart.yaml", "train.batch_size=zero")
     assert result.exit_code == 2
