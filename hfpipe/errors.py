@@ -10,6 +10,8 @@ The exit-code contract (README "Exit codes"; tests/test_exit_codes.py):
 
 from __future__ import annotations
 
+import reprlib
+
 
 class HfpipeError(Exception):
     """Base class: a message plus an optional location (file, line, key)."""
@@ -123,3 +125,23 @@ def decode_utf8(raw: bytes, error: type[HfpipeError], file: str) -> str:
         raise error(
             f"not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8", file=file, line=line
         ) from None
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to at most `limit` characters, "..." marking the cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# A few items per level and a few levels: an excerpt costs little even for a list of thousands of items
+# that aliases share.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 80, 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxdict = 6
+
+
+def excerpt(value, limit: int = 80) -> str:
+    """A repr of `value` in at most `limit` characters: what an error message shows of a user's value."""
+    try:
+        return clip(_SHORT.repr(value), limit)
+    except ValueError:  # an int too long for str() (Python's 4,300-digit limit)
+        return f"<{type(value).__name__}>"

@@ -267,3 +267,135 @@ def test_validate_and_help_do_not_import_torch():
     recipes = [str(p) for p in sorted(RECIPES.glob("*.yaml"))]
     done = subprocess.run([sys.executable, "-c", code, *recipes], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+FEWSHOT = """\
+task: fewshot
+model: {name_or_path: gpt2}
+fewshot:
+  tasks:
+    - name: piqa
+      mode: multiple_choice
+      choices: ["{sol1}", "{sol2}"]
+      data: {train: ../data/piqa.jsonl, validation: [../data/a.jsonl, ../data/b.jsonl]}
+    - name: swag
+      mode: classification
+      prompt: "Q: {text}"
+      data: {test: ../data/swag.jsonl}
+output_dir: ../runs/fewshot
+"""
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch) -> Path:
+    """The current directory: neither the recipe's folder nor its parent."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return tmp_path / "elsewhere"
+
+
+def test_paths_in_list_items_resolve_against_the_recipe_file(tmp_path, elsewhere):
+    tasks = load_recipe(write(tmp_path / "recipes" / "r.yaml", FEWSHOT)).fewshot.tasks
+    data = tmp_path / "data"
+    assert tasks[0].data.train == str(data / "piqa.jsonl")
+    assert tasks[0].data.validation == [str(data / "a.jsonl"), str(data / "b.jsonl")]
+    assert tasks[1].data.test == str(data / "swag.jsonl")
+
+
+def test_paths_in_list_items_of_a_parent_resolve_against_the_parent(tmp_path, elsewhere):
+    write(tmp_path / "shared" / "base.yaml", FEWSHOT)
+    child = write(tmp_path / "recipes" / "deep" / "r.yaml", "extends: ../../shared/base.yaml\n")
+    recipe = load_recipe(child)
+    assert recipe.fewshot.tasks[1].data.test == str(tmp_path / "data" / "swag.jsonl")
+    # A child's own list replaces the parent's, and its paths resolve against the child.
+    write(
+        child,
+        "extends: ../../shared/base.yaml\nfewshot:\n  tasks:\n"
+        "    - {name: t, mode: loglikelihood_rolling, data: {test: t.txt}}\n",
+    )
+    assert load_recipe(child).fewshot.tasks[0].data.test == str(child.parent / "t.txt")
+
+
+@pytest.mark.parametrize(
+    "override, task, split, expected",
+    [
+        ("fewshot.tasks.0.data.train=mine.jsonl", 0, "train", "mine.jsonl"),
+        ("fewshot.tasks.swag.data.test=[x.jsonl, y.jsonl]", 1, "test", ["x.jsonl", "y.jsonl"]),
+        ("fewshot.tasks.1.data={test: z.jsonl}", 1, "test", "z.jsonl"),
+        ("fewshot.tasks=[{name: t, mode: loglikelihood_rolling, data: {test: t.txt}}]", 0, "test", "t.txt"),
+        (
+            "fewshot={tasks: [{name: t, mode: loglikelihood_rolling, data: {test: t.txt}}]}",
+            0,
+            "test",
+            "t.txt",
+        ),
+    ],
+)
+def test_override_paths_in_list_items_resolve_against_cwd(
+    tmp_path, elsewhere, override, task, split, expected
+):
+    recipe = load_recipe(write(tmp_path / "recipes" / "r.yaml", FEWSHOT), [override])
+    value = getattr(recipe.fewshot.tasks[task].data, split)
+    if isinstance(expected, list):
+        assert value == [str(elsewhere / name) for name in expected]
+    else:
+        assert value == str(elsewhere / expected)
+
+
+def test_overrides_pick_list_items_by_index_or_name(tmp_path):
+    path = recipe_file(tmp_path, FEWSHOT)
+    tasks = load_recipe(
+        path, ["fewshot.tasks.0.fewshot_split=validation", "fewshot.tasks.swag.split=validation"]
+    ).fewshot.tasks
+    assert (tasks[0].fewshot_split, tasks[0].split) == ("validation", "test")
+    assert (tasks[1].fewshot_split, tasks[1].split) == ("train", "validation")
+    tasks = load_recipe(path, ["~fewshot.tasks.swag.prompt"]).fewshot.tasks
+    assert tasks[1].prompt == "{text}"  # the schema default
+    assert [t.name for t in load_recipe(path, ["~fewshot.tasks.piqa"]).fewshot.tasks] == ["swag"]
+    assert [t.name for t in load_recipe(path, ["~fewshot.tasks.1"]).fewshot.tasks] == ["piqa"]
+
+
+def test_override_of_one_alias_use_leaves_the_others(tmp_path):
+    text = FEWSHOT.replace("data: {test: ../data/swag.jsonl}", "data: &swag {test: ../data/swag.jsonl}")
+    text = text.replace("output_dir:", "    - {name: swag2, mode: classification, data: *swag}\noutput_dir:")
+    tasks = load_recipe(recipe_file(tmp_path, text), ["fewshot.tasks.swag.data.max_length=64"]).fewshot.tasks
+    assert (tasks[1].data.max_length, tasks[2].data.max_length) == (64, 128)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("fewshot.tasks.2.split=test", "cannot set 'fewshot.tasks.2.split': fewshot.tasks has no item '2'"),
+        ("fewshot.tasks.hella.split=test", "fewshot.tasks has no item 'hella'"),
+        ("~fewshot.tasks.7", "cannot delete 'fewshot.tasks.7': fewshot.tasks has no item '7'"),
+        ("~fewshot.tasks.hella.prompt", "cannot delete 'fewshot.tasks.hella.prompt'"),
+        ("fewshot.tasks.0.choices.5=x", "fewshot.tasks.0.choices has no item '5' (indices 0-1)"),
+    ],
+)
+def test_override_of_a_missing_list_item_lists_the_items(tmp_path, override, fragment):
+    err = error_of(recipe_file(tmp_path, FEWSHOT), [override])
+    assert fragment in err.message and "\n" not in str(err)
+    if "tasks has no item" in fragment:
+        assert err.message.endswith("(indices 0-1; names: piqa, swag)")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("fewshot.tasks.1.fewshot_split=nope", "fewshot.tasks.1.fewshot_split"),
+        ("fewshot.tasks.swag.fewshot_split=nope", "fewshot.tasks.1.fewshot_split"),
+        ("fewshot.tasks.swag={name: swag, mode: nope, data: {test: t.jsonl}}", "fewshot.tasks.1.mode"),
+    ],
+)
+def test_errors_in_list_items_point_at_the_override(tmp_path, override, key):
+    err = error_of(recipe_file(tmp_path, FEWSHOT), [override])
+    assert err.key == key and err.file == f"override {override!r}"
+
+
+def test_errors_in_list_items_point_at_their_line(tmp_path):
+    path = recipe_file(tmp_path, FEWSHOT.replace("mode: classification", "mode: classifier"))
+    err = error_of(path)
+    assert err.key == "fewshot.tasks.1.mode" and err.line == 10
+    # Deleting an earlier item renumbers the later ones: the error still finds its line.
+    err = error_of(path, ["~fewshot.tasks.piqa"])
+    assert err.key == "fewshot.tasks.0.mode" and err.line == 10

@@ -61,10 +61,11 @@ class Model(Section):
             from hfpipe.architectures import ARCHITECTURES
 
             if self.architecture not in ARCHITECTURES:
-                from hfpipe.errors import did_you_mean
+                from hfpipe.errors import did_you_mean, excerpt
 
+                name = self.architecture
                 raise ValueError(
-                    f"unknown architecture {self.architecture!r}{did_you_mean(self.architecture, ARCHITECTURES)}"
+                    f"unknown architecture {excerpt(name)}{did_you_mean(name, ARCHITECTURES)}"
                     f" (known: {', '.join(sorted(ARCHITECTURES))})"
                 )
         return self
@@ -167,10 +168,10 @@ class Builtin(Section):
         from hfpipe.builtin_data import GENERATORS
 
         if name not in GENERATORS:
-            from hfpipe.errors import did_you_mean
+            from hfpipe.errors import did_you_mean, excerpt
 
             raise ValueError(
-                f"unknown built-in dataset {name!r}{did_you_mean(name, GENERATORS)} "
+                f"unknown built-in dataset {excerpt(name)}{did_you_mean(name, GENERATORS)} "
                 f"(known: {', '.join(sorted(GENERATORS))})"
             )
         return name
@@ -538,8 +539,10 @@ class Peft(Section):
             )
         extra = set(self.feedforward_modules or ()) - set(self.target_modules or ())
         if extra:
+            from hfpipe.errors import clip
+
             raise ValueError(
-                f"@peft.feedforward_modules: {', '.join(sorted(extra))} not in peft.target_modules"
+                f"@peft.feedforward_modules: {clip(', '.join(sorted(extra)))} not in peft.target_modules"
             )
         return self
 
@@ -652,10 +655,13 @@ class Fewshot(Section):
     @field_validator("tasks")
     @classmethod
     def _distinct_names(cls, tasks):
-        names = [t.name for t in tasks]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        from collections import Counter
+
+        from hfpipe.errors import clip
+
+        twice = sorted(name for name, count in Counter(t.name for t in tasks).items() if count > 1)
         if twice:
-            raise ValueError(f"task names must differ: {', '.join(twice)} is used twice")
+            raise ValueError(f"task names must differ: {clip(', '.join(twice))} is used twice")
         return tasks
 
 
@@ -749,9 +755,11 @@ class Recipe(Section):
 
         names = task_names()
         if name not in names and name != "fewshot":
-            from hfpipe.errors import did_you_mean
+            from hfpipe.errors import did_you_mean, excerpt
 
-            raise ValueError(f"unknown task {name!r}{did_you_mean(name, names)} (known: {', '.join(names)})")
+            raise ValueError(
+                f"unknown task {excerpt(name)}{did_you_mean(name, names)} (known: {', '.join(names)})"
+            )
         return name
 
     @model_validator(mode="after")
