@@ -254,6 +254,13 @@ def parameter_counts(model) -> dict:
 # Checkpoints: only what trains
 
 
+def save_options(model) -> dict:
+    """Keywords of `save_pretrained` for `model`. An adapter never saves its base's embedding matrix: hfpipe
+    refuses a tokenizer that would resize it, and peft's "auto" check asks the Hub for the base's config
+    (a warning offline)."""
+    return {"save_embedding_layers": False} if is_peft_model(model) else {}
+
+
 def register_checkpoint_hooks(accelerator) -> None:
     """Resumable checkpoints of a model with frozen weights hold only its trainable ones.
 

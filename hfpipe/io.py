@@ -219,8 +219,10 @@ def export_model(model, tokenizer, run_dir: Path, extra: dict | None = None) -> 
     """
     run_dir = Path(run_dir)
 
+    from hfpipe.adapters import save_options
+
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **save_options(model))
         tokenizer.save_pretrained(tmp)
         (tmp / CARD).unlink(missing_ok=True)  # PEFT writes a stub card; hfpipe writes its own
         for name, content in (extra or {}).items():

@@ -433,7 +433,7 @@ def fit(
             generator=generator(),
         )
     optimizer = _optimizer(model, spec)
-    from hfpipe.adapters import register_checkpoint_hooks
+    from hfpipe.adapters import register_checkpoint_hooks, save_options
 
     register_checkpoint_hooks(accelerator)  # frozen weights (an adapter's base) stay out of checkpoints
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
@@ -539,7 +539,7 @@ def fit(
                 io.atomic_dir(
                     best_dir,
                     lambda tmp: unwrapped.save_pretrained(
-                        tmp, state_dict=state_dict, safe_serialization=True
+                        tmp, state_dict=state_dict, safe_serialization=True, **save_options(unwrapped)
                     ),
                 )
         else:
