@@ -6,9 +6,9 @@ flock(2) through filelock: the kernel releases it when the holder dies, however 
 left by a killed process is simply taken, with a warning naming that process.
 
 The file holds JSON {pid, host, command, started} while a command holds it, and nothing between
-commands. It stays in an hfpipe run directory (never deleted while in use, so two commands can never
-lock two different files of one name); a directory that is not a run keeps no lock file, and one that
-the lock created and nothing else filled is removed again.
+commands. It stays in an hfpipe run directory (never deleted there, so two commands never lock two
+different files of one name); a directory that is not a run keeps no lock file, and one that the lock
+created and nothing else filled is removed again.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def hold(directory: str | Path | None, *, command: str | None = None, create: bo
     `create`: make the directory and the lock file if needed; without it, only a directory that already
     has a lock file is locked (evaluate -o FILE: FILE's folder is locked if an hfpipe command uses it).
     None, a directory this process already holds, and /, the home directory and the repository root
-    (hfpipe refuses them as run directories before it writes there) are not locked.
+    are not locked (they are never run directories: train and merge refuse them; no lock file goes there).
     """
     if directory is None:
         yield
@@ -57,6 +57,8 @@ def hold(directory: str | Path | None, *, command: str | None = None, create: bo
     if path in _HELD or path in io.forbidden_output_dirs() or not (create or lock_file.exists()):
         yield
         return
+    if path.exists() and not path.is_dir():
+        raise UsageError("exists and is not a directory", file=str(directory))
     made = [p for p in (path, *path.parents) if not p.exists()]  # the folders the lock creates, leaf first
     try:
         path.mkdir(parents=True, exist_ok=True)

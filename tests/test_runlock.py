@@ -127,6 +127,25 @@ def test_processes_launched_by_the_holder_write_without_locking_again(holder):
             assert done.returncode != 0 and "in use by pid" in done.stderr
 
 
+def test_on_several_machines_the_main_machines_launcher_holds_the_run(holder, cli, monkeypatch):
+    """Every machine runs `hfpipe train --accelerate-config F`; only machine_rank 0 writes the run directory."""
+    import subprocess as sp
+
+    a, folder = holder
+    launched = []
+    monkeypatch.setattr(sp, "call", lambda command, env: launched.append(command) or 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    config = (RECIPES / "accelerate" / "multi-node.yaml").read_text()
+    for rank, code in ((1, 0), (0, 2)):
+        path = folder.parent / f"machine-{rank}.yaml"
+        path.write_text(config.replace("machine_rank: 0", f"machine_rank: {rank}"))
+        result = cli(
+            "train", RECIPES / "quickstart.yaml", f"output_dir={folder}", "--accelerate-config", path
+        )
+        assert result.exit_code == code, result.output
+    assert len(launched) == 1 and re.fullmatch(in_use(folder, a.pid), result.output.strip())
+
+
 def test_the_lock_file_is_not_one_of_the_run_files(tmp_path):
     from hfpipe.api import push_files
 

@@ -85,8 +85,8 @@ def train(
                 *(f"--fail-under={g}" for g in fail_under or []),
             ]
             # This process holds output_dir's lock for the ones it starts: a second writer fails here, at
-            # once, rather than after its processes have started.
-            with runlock.hold_for_launched(loaded.output_dir):
+            # once, rather than after its processes have started. Multi-node: the main machine's holds it.
+            with runlock.hold_for_launched(loaded.output_dir if _machine_rank(config_file) == 0 else None):
                 code = _launch(recipe, args + flags, processes, config_file)
             raise typer.Exit(code)
         from hfpipe.api import train as run_train
@@ -115,6 +115,18 @@ def _check_resume_processes(recipe, processes: int, resume: bool, overwrite: boo
             f"the run was saved by {saved} process(es) and resumes in {processes}: each process restores its "
             f"own random state and share of the batches, so resume with --num-processes {saved}"
         )
+
+
+def _machine_rank(config_file) -> int:
+    """The machine_rank of an Accelerate config file (JSON or YAML); 0 without one."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
+    except (OSError, yaml.YAMLError):
+        return 0  # _launch reports a missing file; Accelerate, one it cannot read
+    rank = config.get("machine_rank", 0) if isinstance(config, dict) else 0
+    return rank if isinstance(rank, int) else 0
 
 
 def _launch(recipe: Path, args: list[str], processes: int | None, config_file) -> int:
