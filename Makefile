@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: install
-	$(BIN)/hfpipe train recipes/quickstart.yaml --overwrite
+	$(BIN)/hfpipe train quickstart --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

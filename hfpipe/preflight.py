@@ -41,15 +41,16 @@ def problems(recipe) -> list[HfpipeError]:
 
 
 def _missing_files(data) -> list[DataError]:
+    """The first data file of the section that is not there (one line: a missing folder is many files)."""
     from hfpipe.data import data_files, shown_path
 
-    out = []
-    for path in data_files(data):
-        if not Path(path).is_file():
-            what = "file not found" if not Path(path).exists() else "is a directory, not a data file"
-            hint = f" ({data.source_hint})" if getattr(data, "source_hint", None) else ""
-            out.append(DataError(what + hint, file=shown_path(path)))
-    return out
+    missing = [path for path in data_files(data) if not Path(path).is_file()]
+    if not missing:
+        return []
+    what = "file not found" if not Path(missing[0]).exists() else "is a directory, not a data file"
+    more = f" (and {len(missing) - 1} more of its data files)" if len(missing) > 1 else ""
+    hint = f"; {data.source_hint}" if data.source_hint else ""
+    return [DataError(what + more + hint, file=shown_path(missing[0]))]
 
 
 def check(recipe) -> None:

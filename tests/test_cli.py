@@ -22,7 +22,7 @@ def test_recipes_lists_bundled_recipes(cli):
     result = cli("recipes")
     assert result.exit_code == 0
     for path in RECIPES.glob("*.yaml"):
-        assert f"recipes/{path.name}" in result.output
+        assert f"\n{path.stem} " in result.output
 
 
 def test_tasks_and_schema(cli):

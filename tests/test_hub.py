@@ -116,7 +116,9 @@ def check_command(cli, task: str, run) -> None:
         assert lines(result.output)[0]["filled"] == [expected]
     elif task in ("causal-lm", "generation"):
         prompt = f"Review: {REVIEW}\nVerdict:"
-        result = cli("generate", run, "--prompt", prompt, "--greedy", "--num-beams", "1", "--max-new-tokens", "5")
+        result = cli(
+            "generate", run, "--prompt", prompt, "--greedy", "--num-beams", "1", "--max-new-tokens", "5"
+        )
         enc = tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=5, do_sample=False, num_beams=1)
@@ -126,8 +128,10 @@ def check_command(cli, task: str, run) -> None:
         assert lines(result.output)[0]["completion"] == tokenizer.decode(new, skip_special_tokens=True)
     elif task == "translation":
         result = cli("translate", run, "--text", SOURCE)
-        prefix = json.loads((run / "config.json").read_text())["task_specific_params"]["translation_en_to_zt"]
-        enc = tokenizer(prefix["prefix"] + SOURCE, return_tensors="pt")
+        data = yaml.safe_load((run / "recipe.yaml").read_text())["data"]
+        params = json.loads((run / "config.json").read_text())["task_specific_params"]
+        prefix = params[f"translation_{data['source_lang']}_to_{data['target_lang']}"]["prefix"]
+        enc = tokenizer(prefix + SOURCE, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=GENERATION["max_new_tokens"], num_beams=2)
         expected = tokenizer.decode(out[0], skip_special_tokens=True).strip()
@@ -213,7 +217,9 @@ def test_a_checkpoint_without_the_scored_head_is_refused(hub, tmp_path, cli):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-@pytest.mark.parametrize(("task", "repo"), [("causal-lm", GPT2), ("translation", MARIAN)], ids=["gpt2", "marian"])
+@pytest.mark.parametrize(
+    ("task", "repo"), [("causal-lm", GPT2), ("translation", MARIAN)], ids=["gpt2", "marian"]
+)
 def test_lora_on_a_hub_checkpoint_merges_into_a_plain_model(task, repo, hub, tmp_path, cli):
     path, run = recipe_file(tmp_path, task, repo, peft={"method": "lora", "r": 4})
     assert cli("train", path).exit_code == 0
@@ -258,3 +264,45 @@ def test_a_missing_sentencepiece_is_one_line_naming_the_pip_command(hub, tmp_pat
         errors = [line for line in done.stderr.splitlines() if "needs the sentencepiece package" in line]
         assert len(errors) == 1 and errors[0].endswith(": pip install sentencepiece"), done.stderr
     assert not run.exists()
+
+
+def _names_a_hub_model(name: str) -> bool:
+    from hfpipe.recipe import load_recipe
+    from hfpipe.tokenization import looks_like_path
+
+    model = load_recipe(name).model.name_or_path
+    return bool(model) and not looks_like_path(model) and not os.path.isabs(model)
+
+
+def _hub_recipes() -> list[str]:
+    from hfpipe.recipe import bundled
+
+    return [name for name in bundled.names() if _names_a_hub_model(name)]
+
+
+@pytest.mark.parametrize("name", _hub_recipes())
+def test_every_bundled_recipe_that_names_a_hub_model_runs_on_it(name, hub, tmp_path, cli, monkeypatch):
+    """A few steps of the recipe as shipped, on the simulated Hub's copy of its model; data it reads from
+    outside the project (SQuAD, Multi30k) is swapped for the task's generated data."""
+    from hfpipe.preflight import problems
+    from hfpipe.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)  # a bundled recipe's paths resolve here: none of its outside data
+    recipe = load_recipe(name)
+    overrides = [
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.save_every=never",
+        "generation.eval_samples=4",
+        "generation.num_beams=2",
+        "generation.max_new_tokens=6",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    if problems(recipe):  # its data is not here
+        data = dict(DATA[recipe.task])
+        if recipe.task == "question-answering":
+            data["max_length"] = recipe.data.max_length
+        overrides.append(f"data={json.dumps(data)}")
+    result = cli("train", name, *overrides)
+    assert result.exit_code == 0, result.output
+    check_command(cli, recipe.task, tmp_path / "run")

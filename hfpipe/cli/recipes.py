@@ -11,12 +11,6 @@ import typer
 from hfpipe.cli.common import complete_recipe_or_override, table
 
 
-def bundled_recipes_dir() -> Path:
-    import hfpipe
-
-    return Path(hfpipe.__file__).resolve().parent.parent / "recipes"
-
-
 def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
     """Recipe paths and overrides (key=value / ~key) from one argument list, in order."""
     paths, overrides = [], []
@@ -35,8 +29,16 @@ def validate(
         ),
     ],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems.")] = False,
+    schema_only: Annotated[
+        bool,
+        typer.Option(
+            "--schema-only",
+            help="Check the recipes alone, not the files and packages they need on this machine.",
+        ),
+    ] = False,
 ) -> None:
-    """Check recipes against the schema without importing torch or running anything they name.
+    """Check recipes against the schema, and that the files, folders and packages they need are on this
+    machine, without importing torch or running anything they name.
 
     Prints one line per recipe; every problem is one line `file:line: key: message`. Exit code 2 when
     any recipe is invalid.
@@ -58,7 +60,7 @@ def validate(
             for err in exc.all():
                 typer.echo(str(err), err=True)
             continue
-        found = problems(recipe)  # on this machine: the files it names, the packages its model needs
+        found = [] if schema_only else problems(recipe)  # here: the files it names, the packages it needs
         if found:
             failed += 1
             for err in found:
@@ -78,23 +80,57 @@ def validate(
         raise typer.Exit(2)
 
 
-def recipes() -> None:
-    """List the bundled recipes, one line each."""
+recipes_app = typer.Typer(
+    help="The bundled recipes: list them (no arguments), or copy one into a folder to edit.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+
+
+@recipes_app.callback()
+def recipes(ctx: typer.Context) -> None:
+    """List the bundled recipes, one line each: run one by name, or copy it to edit."""
+    if ctx.invoked_subcommand is not None:
+        return
     import yaml
 
-    folder = bundled_recipes_dir()
+    from hfpipe.recipe import bundled
+
     rows = []
-    for path in sorted(folder.glob("*.yaml")):
+    for name in bundled.names():
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load((bundled.FOLDER / f"{name}.yaml").read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError):
             data = {}
-        rows.append((f"recipes/{path.name}", str(data.get("task", "?")), str(data.get("description", ""))))
+        rows.append((name, str(data.get("task", "?")), str(data.get("description", ""))))
     if not rows:
-        typer.echo(f"no recipes found in {folder}", err=True)
+        typer.echo(f"no recipes found in {bundled.FOLDER}", err=True)
         raise typer.Exit(1)
     typer.echo(table(rows, ("recipe", "task", "description")))
-    typer.echo("\nRun one with: hfpipe train RECIPE [key=value ...]")
+    typer.echo(
+        "\nRun one by name from any directory (its paths resolve there): hfpipe train NAME [key=value ...]"
+        "\nCopy one to edit: hfpipe recipes copy NAME [DIR]"
+    )
+
+
+@recipes_app.command("copy")
+def copy(
+    name: Annotated[
+        str, typer.Argument(help="A bundled recipe (`hfpipe recipes` lists them).", show_default=False)
+    ],
+    folder: Annotated[Path, typer.Argument(help="Where the copy goes.")] = Path("."),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files of the same name there.")
+    ] = False,
+) -> None:
+    """Copy a bundled recipe (and the recipes it extends) into FOLDER to edit; its relative paths are
+    rewritten to point where the bundled recipe run from here points."""
+    from hfpipe.cli.common import user_errors
+    from hfpipe.recipe import bundled
+
+    with user_errors():
+        for path in bundled.copy(name, folder, overwrite=overwrite):
+            typer.echo(f"wrote {path}")
 
 
 def tasks() -> None:
@@ -146,6 +182,6 @@ def schema(
 
 def register(app: typer.Typer) -> None:
     app.command()(validate)
-    app.command()(recipes)
+    app.add_typer(recipes_app, name="recipes")
     app.command()(tasks)
     app.command()(schema)

@@ -284,6 +284,29 @@ def _resolve_one(value: Any, base: Path, mode: str) -> Any:
     return value  # a Hub name
 
 
+def path_values(node: yaml.Node | None, model: Any = None):
+    """(scalar node, mode) of every path field in a composed recipe document, at any depth (lists of
+    sections included): where `hfpipe recipes copy` rewrites paths without touching the rest of the text."""
+    from hfpipe.recipe.schema import Recipe
+
+    model = model or Recipe
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:
+        info = model.model_fields.get(key_node.value) if isinstance(key_node.value, str) else None
+        if info is None:
+            continue
+        mode = _path_mark(info)
+        if mode:
+            items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            yield from ((item, mode) for item in items if isinstance(item, yaml.ScalarNode))
+            continue
+        sub = _section_type(info.annotation)
+        items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for item in items if sub is not None else []:
+            yield from path_values(item, sub)
+
+
 def _sections(value: Any, under: Key, at: Key):
     """(section, rest of `under`, key) for a section, or for each section of a list of them."""
     if isinstance(value, dict):
@@ -358,7 +381,11 @@ def _shown(path: Path) -> str:
     return str(path) if relative.startswith("../..") else relative
 
 
-def _load_layers(path: Path, stack: tuple[Path, ...], budget: Budget) -> tuple[dict, Origins]:
+def _load_layers(
+    path: Path, stack: tuple[Path, ...], budget: Budget, base: Path | None = None
+) -> tuple[dict, Origins]:
+    """The recipe at `path` merged over the files it extends; relative paths resolve against the file's
+    folder (`base` instead, for every layer, when given)."""
     real, shown = path.resolve(), _shown(path)
     if real in stack:
         chain = " -> ".join(os.path.relpath(p) for p in (*stack[stack.index(real) :], real))
@@ -366,7 +393,7 @@ def _load_layers(path: Path, stack: tuple[Path, ...], budget: Budget) -> tuple[d
     budget.files += 1
     data, lines = _read_yaml(path, shown, budget)
     origins: Origins = {k: (shown, line) for k, line in lines.items()}
-    _resolve_paths(data, path.parent, origins)
+    _resolve_paths(data, base or path.parent, origins)
     parents = data.pop("extends", None)
     if parents is None:
         return data, origins
@@ -388,7 +415,7 @@ def _load_layers(path: Path, stack: tuple[Path, ...], budget: Budget) -> tuple[d
                 key="extends",
             )
         parent_data, parent_origins = _load_layers(
-            _parent_path(path, parent, shown, line), (*stack, real), budget
+            _parent_path(path, parent, shown, line), (*stack, real), budget, base
         )
         merged = _merge(merged, parent_data, merged_origins, parent_origins)
     merged = _merge(merged, data, merged_origins, origins)
@@ -638,9 +665,16 @@ def _problem(
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
-    """Read, merge, override and validate a recipe file. Returns a frozen ``Recipe``."""
-    path = Path(path)
-    data, origins = _load_layers(path, (), Budget())
+    """Read, merge, override and validate a recipe file (or a bundled recipe by name: `quickstart`). Returns
+    a frozen ``Recipe``."""
+    from hfpipe.recipe import bundled
+
+    path = bundled.locate(path)
+    if len(path.parts) == 1 and path.suffix not in (".yaml", ".yml") and not path.exists():
+        raise bundled.not_found(path)
+    # A bundled recipe is a template for the directory it runs from (bundled.py).
+    base = Path.cwd() if bundled.is_bundled(path) else None
+    data, origins = _load_layers(path, (), Budget(), base)
     if "extends" in data:
         del data["extends"]
     apply_overrides(data, list(overrides), origins)
