@@ -57,7 +57,8 @@ class RawData:
             lines = _record_lines(path, fmt) if fmt in ("csv", "tsv", "jsonl") else []
             if row < len(lines):
                 return {"file": shown_path(path), "line": lines[row]}
-            return {"file": f"{shown_path(path)} (row {row + 1})"}  # parquet / json arrays have rows, not lines
+            # parquet / json arrays have rows, not lines
+            return {"file": f"{shown_path(path)} (row {row + 1})"}
         if example is not None and ROW in example:
             return {"file": f"{self.origin} split {split!r} (row {int(example[ROW]) + 1})"}
         split_files = sorted({self.files[i] for i in self._file_ids(split)}) if self.files else []

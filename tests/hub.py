@@ -220,7 +220,13 @@ def gpt2(english: list[str]) -> dict[str, bytes]:
     files["tokenizer.json"] = _tokenizer_json(transformers.GPT2Tokenizer, files)
     eos = vocab["<|endoftext|>"]
     config = transformers.GPT2Config(
-        vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=1024, bos_token_id=eos, eos_token_id=eos
+        vocab_size=len(vocab),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=1024,
+        bos_token_id=eos,
+        eos_token_id=eos,
     )
     torch.manual_seed(0)
     saved, weights = _saved(transformers.GPT2LMHeadModel(config))
@@ -288,9 +294,13 @@ def t5(english: list[str], target: list[str]) -> dict[str, bytes]:
     )
     torch.manual_seed(0)
     saved, weights = _saved(transformers.T5ForConditionalGeneration(config))
-    saved.update(architectures=["T5ForConditionalGeneration"], task_specific_params=T5_TASK_PARAMS, n_positions=512)
+    saved.update(
+        architectures=["T5ForConditionalGeneration"], task_specific_params=T5_TASK_PARAMS, n_positions=512
+    )
     files["config.json"] = _json(_clean(saved))
-    files["generation_config.json"] = _json({"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
+    files["generation_config.json"] = _json(
+        {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+    )
     files["model.safetensors"] = _safetensors(weights)
     return files
 
@@ -299,7 +309,9 @@ def bart(english: list[str], target: list[str]) -> dict[str, bytes]:
     import torch
     import transformers
 
-    vocab, merges = _byte_level_bpe(english + target, 700, first=["<s>", "<pad>", "</s>", "<unk>"], last=["<mask>"])
+    vocab, merges = _byte_level_bpe(
+        english + target, 700, first=["<s>", "<pad>", "</s>", "<unk>"], last=["<mask>"]
+    )
     files = {"vocab.json": _json(vocab), "merges.txt": merges.encode()}
     config = transformers.BartConfig(
         vocab_size=len(vocab),
@@ -359,8 +371,12 @@ def marian(english: list[str], target: list[str], *, pickle_only: bool = False) 
     vocab = {piece: i for i, piece in enumerate(pieces)}
     pad = vocab["<pad>"] = len(vocab)  # the last id, also the decoder's start
     files = {"source.spm": source, "target.spm": target_spm, "vocab.json": _json(vocab)}
-    files["tokenizer_config.json"] = _json({"source_lang": "en", "target_lang": "de", "model_max_length": 512})
-    files["special_tokens_map.json"] = _json({"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"})
+    files["tokenizer_config.json"] = _json(
+        {"source_lang": "en", "target_lang": "de", "model_max_length": 512}
+    )
+    files["special_tokens_map.json"] = _json(
+        {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    )
     config = transformers.MarianConfig(
         vocab_size=len(vocab),
         decoder_vocab_size=len(vocab),

@@ -108,10 +108,14 @@ def test_sigterm_saves_and_resume_finishes_the_same(unbroken, tmp_path):
     assert (
         message.startswith("SIGTERM at step 12: checkpoint saved; continue with `") and "--resume`" in message
     )
-    assert (out / "checkpoints" / "step-0000012" / "trainer_state.json").exists()
+    saved = json.loads((out / "checkpoints" / "step-0000012" / "trainer_state.json").read_text())
     done = hfpipe(out, "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_run(unbroken, out)
+    # Both times cover the whole run, both sessions: training alone never exceeds it
+    times = json.loads((out / "metrics.json").read_text())["train"]
+    assert saved["train_seconds"] <= saved["runtime_seconds"] < times["runtime_s"]
+    assert saved["train_seconds"] < times["train_s"] <= times["runtime_s"]
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cli):
