@@ -79,11 +79,12 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
         make_accelerator,
         resolve_metric_for_best,
     )
-    from hfpipe.tasks import get_task
+    from hfpipe.tasks import get_task, require_command
     from hfpipe.tokenization import load_tokenizer
 
     _quiet_libraries()
     task = get_task(recipe.task)
+    require_command(task, "train", recipe.source)
     command = command or shlex.join(["hfpipe", *sys.argv[1:]])
     accelerator = make_accelerator(recipe)
     # One writer per run directory: the main process locks it before anything reads or deletes there (a

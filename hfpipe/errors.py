@@ -108,11 +108,34 @@ def first_line(exc: BaseException) -> str:
 
 
 def did_you_mean(word: str, options) -> str:
-    """' (did you mean 'x'?)' for the closest option, or ''."""
-    import difflib
+    """'; did you mean 'x'?' for an option that looks like a typo of `word`, or ''.
 
-    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    A typo is a few edits (a letter added, dropped, changed, or two swapped; one per four letters of the
+    shorter name, at least one): 'clasification' -> 'classification', 'lrr' -> 'lr'. A name that only
+    shares a part is no typo: 'token-classification' is another task, not 'classification'.
+    """
+    if not isinstance(word, str) or len(word) > 100:
+        return ""
+    close = []
+    for option in options:
+        distance = edit_distance(word.lower(), str(option).lower())
+        if distance <= max(1, min(len(word), len(str(option))) // 4):
+            close.append((distance, str(option)))
+    return f"; did you mean {min(close)[1]!r}?" if close else ""
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`."""
+    previous2, previous = [], list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[-1]
 
 
 def decode_utf8(raw: bytes, error: type[HfpipeError], file: str) -> str:

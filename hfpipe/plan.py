@@ -137,11 +137,12 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
     from hfpipe.data import load_raw
     from hfpipe.recipe import dump_recipe
     from hfpipe.runner import BatchSampler, resolve_metric_for_best, split_lengths
-    from hfpipe.tasks import get_task
+    from hfpipe.tasks import get_task, require_command
 
     _quiet_libraries()
     started = time.perf_counter()
     task = get_task(recipe.task)
+    require_command(task, "train", recipe.source, used="plan")
     raw = load_raw(recipe)
     head_kwargs = task.configure(raw, recipe)
     tokenizer = recipe_tokenizer(recipe, task, raw)

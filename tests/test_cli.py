@@ -182,3 +182,26 @@ def test_python_dash_m_works(tmp_path):
 
     done = subprocess.run([sys.executable, "-m", "hfpipe", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_every_command_gives_one_message_for_a_recipe_of_another_command(cli):
+    """A few-shot recipe is listed as a task, and each command refuses a recipe another command runs with the
+    same line: which command runs it."""
+    assert "\nfewshot " in cli("tasks").output
+    for command in ("train", "plan"):
+        result = cli(command, "fewshot-gpt2-sentiment")
+        assert result.exit_code == 2
+        assert result.output.strip() == (
+            "fewshot-gpt2-sentiment: task: a fewshot recipe runs with `hfpipe fewshot fewshot-gpt2-sentiment`, "
+            "not `hfpipe " + command + "`"
+        )
+    result = cli("fewshot", "quickstart")
+    assert result.exit_code == 2 and "runs with `hfpipe train quickstart`, not `hfpipe fewshot`" in result.output
+
+
+def test_an_unknown_task_suggests_only_a_typo_and_lists_the_tasks(cli):
+    near = cli("validate", "quickstart", "task=clasification")
+    assert "did you mean 'classification'?" in near.output
+    other = cli("validate", "quickstart", "task=token-classification")  # another head, not a typo
+    assert other.exit_code == 2 and "did you mean" not in other.output
+    assert "(known: causal-lm, classification, fewshot, generation" in other.output

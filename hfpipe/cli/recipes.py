@@ -15,8 +15,15 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
     """Recipe paths and overrides (key=value / ~key) from one argument list, in order."""
     paths, overrides = [], []
     for arg in args:
-        (overrides if ("=" in arg and not Path(arg).exists()) or arg.startswith("~") else paths).append(arg)
+        (overrides if ("=" in arg and not _is_file(arg)) or arg.startswith("~") else paths).append(arg)
     return paths, overrides
+
+
+def _is_file(arg: str) -> bool:
+    try:
+        return Path(arg).exists()
+    except (OSError, ValueError):  # longer than a file name may be, or a NUL byte: not a file
+        return False
 
 
 def validate(

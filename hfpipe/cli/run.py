@@ -59,6 +59,9 @@ def train(
         from hfpipe.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides or [])
+        from hfpipe.tasks import get_task, require_command
+
+        require_command(get_task(loaded.task), "train", recipe)
         gates = [_split_gate(g) for g in fail_under or []]  # a malformed gate fails before anything runs
         processes = num_processes or loaded.accelerate.num_processes
         config_file = accelerate_config or loaded.accelerate.config_file
@@ -436,12 +439,9 @@ def fewshot(
 
         loaded = load_recipe(recipe, overrides or [])
         gates = [_gate(g) for g in fail_under or []]
-        if loaded.task != "fewshot":
-            from hfpipe.errors import RecipeError
+        from hfpipe.tasks import get_task, require_command
 
-            raise RecipeError(
-                "not a few-shot recipe: set task: fewshot and a fewshot section", file=str(recipe)
-            )
+        require_command(get_task(loaded.task), "fewshot", recipe)
         from hfpipe.api import _quiet_libraries
         from hfpipe.fewshot import run
 
@@ -605,10 +605,9 @@ def plan(
         from hfpipe.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides or [])
-        if loaded.task == "fewshot":
-            from hfpipe.errors import RecipeError
+        from hfpipe.tasks import get_task, require_command
 
-            raise RecipeError("a few-shot recipe does not train: `hfpipe fewshot` runs it", file=str(recipe))
+        require_command(get_task(loaded.task), "train", recipe, used="plan")
         result = make_plan(loaded, timing_steps=0 if no_timing else timing_steps, processes=num_processes)
         console.say(render(result, full_recipe=full_recipe))
         console.final_json(result)

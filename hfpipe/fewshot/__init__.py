@@ -418,7 +418,9 @@ def score_rolling(model, tokenizer, kind: str, prompts: Prompts, spec) -> tuple[
 def run(recipe, *, limit: int | None = None) -> dict:
     """Evaluate recipe.fewshot on recipe.model.name_or_path; write OUTPUT_DIR/results.json; return it."""
     from hfpipe import io
+    from hfpipe.tasks import get_task, require_command
 
+    require_command(get_task(recipe.task), "fewshot", recipe.source)
     runlock.claim(recipe.output_dir)
     spec = recipe.fewshot
     limit = limit or spec.limit

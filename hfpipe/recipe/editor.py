@@ -34,7 +34,7 @@ def editor_schema() -> dict[str, Any]:
         **schema,
     }
     properties = schema["properties"]
-    properties["task"] = {**properties["task"], "enum": [*task_names(), "fewshot"]}
+    properties["task"] = {**properties["task"], "enum": task_names()}
     properties["extends"] = {
         "description": "Parent recipe(s), relative to this file: their keys first, this file's on top.",
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
@@ -82,7 +82,7 @@ def override_values(key: str) -> list[str]:
     if key == "task":
         from hfpipe.tasks import task_names
 
-        return [*task_names(), "fewshot"]
+        return task_names()
     if key == "model.architecture":
         from hfpipe.architectures import ARCHITECTURES
 

@@ -754,7 +754,7 @@ class Recipe(Section):
         from hfpipe.tasks import task_names
 
         names = task_names()
-        if name not in names and name != "fewshot":
+        if name not in names:
             from hfpipe.errors import did_you_mean, excerpt
 
             raise ValueError(
@@ -764,41 +764,9 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _sections_of_the_task(self) -> Recipe:
-        if self.task == "fewshot":
-            if self.fewshot is None:
-                raise ValueError("@fewshot: task fewshot needs a fewshot section (tasks, k, seeds)")
-            if self.model.architecture:
-                raise ValueError(
-                    "@model: a few-shot evaluation needs a trained model: give model.name_or_path"
-                )
-        elif self.data is None:
-            raise ValueError("@data: required key is missing (the examples to train on)")
-        if self.data is not None and self.data.streaming:
-            if self.task != "causal-lm":
-                raise ValueError(f"@data.streaming: streams train causal-lm (pretraining), not {self.task}")
-            if self.data.train is None:
-                raise ValueError("@data.streaming: streams data.train files (not a built-in or Hub dataset)")
-            if self.data.validation_fraction:
-                raise ValueError(
-                    "@data.validation_fraction: a stream cannot hold rows out; give data.validation files"
-                )
-            if self.train.max_steps is None:
-                raise ValueError("@train.max_steps: data.streaming needs max_steps (a stream has no length)")
-        return self
+        from hfpipe.tasks import check_recipe, get_task
 
-    @model_validator(mode="after")
-    def _qa_windows(self) -> Recipe:
-        # [CLS] question [SEP] context [SEP]: a window must hold the longest question and more context
-        # than it shares with the next window, or the windows never advance.
-        if self.task != "question-answering" or self.data is None:
-            return self
-        room = self.data.max_length - self.qa.max_question_length - 3
-        if room <= self.qa.doc_stride:
-            raise ValueError(
-                f"@qa.doc_stride: {self.qa.doc_stride} must be less than data.max_length ({self.data.max_length}) "
-                f"- qa.max_question_length ({self.qa.max_question_length}) - 3 special tokens = {room}: each "
-                "window must move forward through the context"
-            )
+        check_recipe(get_task(self.task), self)  # what every task needs, then the task's own checks
         return self
 
     @model_validator(mode="after")

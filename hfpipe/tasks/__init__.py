@@ -56,12 +56,57 @@ class Task:
     # (recipe, model config) -> None: checks of the recipe against the model it runs on (RecipeError, or a
     # warning), run once the model is built and before any data is prepared
     check_model: Callable[..., None] = lambda recipe, config: None
+    # (recipe) -> None: the task's own checks of a recipe, run when it is validated (no torch; a ValueError
+    # "@key: message" names the key), after the checks every task shares (check_recipe below)
+    check_recipe: Callable[..., None] = lambda recipe: None
+    # The command that runs recipes of this task: train, or fewshot for a few-shot evaluation
+    command: str = "train"
+    # Trains on data.streaming: a stream of packed blocks from files larger than memory
+    streams: bool = False
 
     def __post_init__(self) -> None:
         # Scoring and predicting never see dropout, whoever calls them, and hand the model back in the mode
         # they found it (training goes on after an evaluation).
         object.__setattr__(self, "evaluate", in_eval_mode(self.evaluate))
         object.__setattr__(self, "predict", in_eval_mode(self.predict))
+
+    @property
+    def trained(self) -> bool:
+        return self.command == "train"
+
+
+def check_recipe(task: Task, recipe) -> None:
+    """The checks of a recipe every task shares, then the task's own (ValueError "@key: message")."""
+    data = recipe.data
+    if task.trained and data is None:
+        raise ValueError("@data: required key is missing (the examples to train on)")
+    if data is not None and data.streaming:
+        if not task.streams:
+            streaming = ", ".join(t.name for t in TASKS.values() if t.streams)
+            raise ValueError(f"@data.streaming: streams train {streaming} (pretraining), not {task.name}")
+        if data.train is None:
+            raise ValueError("@data.streaming: streams data.train files (not a built-in or Hub dataset)")
+        if data.validation_fraction:
+            raise ValueError(
+                "@data.validation_fraction: a stream cannot hold rows out; give data.validation files"
+            )
+        if recipe.train.max_steps is None:
+            raise ValueError("@train.max_steps: data.streaming needs max_steps (a stream has no length)")
+    task.check_recipe(recipe)
+
+
+def require_command(task: Task, command: str, recipe_path=None, used: str | None = None) -> None:
+    """RecipeError unless `hfpipe COMMAND` runs recipes of `task` (`used`: the command asking, when it only
+    serves COMMAND's recipes, as plan serves train's): the one message every command gives."""
+    if task.command != command:
+        from hfpipe.errors import RecipeError
+
+        shown = str(recipe_path) if recipe_path else "RECIPE"
+        raise RecipeError(
+            f"a {task.name} recipe runs with `hfpipe {task.command} {shown}`, not `hfpipe {used or command}`",
+            file=str(recipe_path) if recipe_path else None,
+            key="task",
+        )
 
 
 @contextlib.contextmanager
@@ -119,6 +164,7 @@ def _load_builtin() -> None:
     from hfpipe.tasks import (  # noqa: F401  (each registers itself)
         causal_lm,
         classification,
+        fewshot,
         generation,
         masked_lm,
         question_answering,

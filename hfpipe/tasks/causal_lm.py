@@ -195,5 +195,6 @@ CAUSAL_LM = register(
         metric_names=metric_names,
         predict=predict,
         needs_labels=False,
+        streams=True,
     )
 )

@@ -471,6 +471,20 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 32) ->
     return out_rows
 
 
+def check_recipe(recipe) -> None:
+    # [CLS] question [SEP] context [SEP]: a window must hold the longest question and more context than it
+    # shares with the next window, or the windows never advance.
+    if recipe.data is None:
+        return
+    room = recipe.data.max_length - recipe.qa.max_question_length - 3
+    if room <= recipe.qa.doc_stride:
+        raise ValueError(
+            f"@qa.doc_stride: {recipe.qa.doc_stride} must be less than data.max_length ({recipe.data.max_length}) "
+            f"- qa.max_question_length ({recipe.qa.max_question_length}) - 3 special tokens = {room}: each "
+            "window must move forward through the context"
+        )
+
+
 QUESTION_ANSWERING = register(
     Task(
         name="question-answering",
@@ -488,6 +502,7 @@ QUESTION_ANSWERING = register(
         predict=predict,
         label_column="start_positions",
         writes_outputs=True,
+        check_recipe=check_recipe,
         # the windows: their stride, the room the question takes, whether unanswerable questions stay
         preparation_settings=lambda recipe, config: {
             "qa": recipe.qa.model_dump(
