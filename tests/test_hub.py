@@ -153,6 +153,8 @@ def test_every_task_trains_from_the_hub_format_and_reloads_with_auto_classes(tas
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and metrics["validation"]
+    if task in ("classification", "question-answering"):  # a new head: said, not silent
+        assert "new weights, randomly initialised:" in result.output
     check_command(cli, task, run)
 
 

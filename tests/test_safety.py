@@ -237,3 +237,22 @@ def test_hub_classlabel_ints_index_their_names(tmp_path):
     )
     out = prepare(raw, "train", tok, BertConfig(**head), recipe)
     assert out["labels"] == [0, 1]
+
+
+def test_a_run_whose_head_weights_are_missing_is_refused(tiny_run, tmp_path, cli):
+    """predict / evaluate on a model directory without its classifier would score a random head."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_run, damaged, ignore=shutil.ignore_patterns("checkpoints", ".hfpipe-lock"))
+    weights = load_file(str(damaged / "model.safetensors"))
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("classifier.")},
+        str(damaged / "model.safetensors"),
+    )
+    for command in (["predict", damaged, "--text", "a fine film"], ["evaluate", damaged]):
+        result = cli(*command)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "has no weights for classifier" in result.output
