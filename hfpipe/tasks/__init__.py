@@ -3,7 +3,8 @@
 A task is one module that registers one ``Task``. It owns what is specific to a head (which Auto class,
 how raw rows become model inputs, how to score and predict) and nothing else: no loop, no optimizer,
 no checkpoint. Task modules import torch / transformers inside their functions, so listing and
-validating task names stays instant.
+validating task names stays instant. Looking a task up imports every module of this package (a package
+scan): a new head is a new module, listed nowhere else.
 """
 
 from __future__ import annotations
@@ -63,6 +64,28 @@ class Task:
     command: str = "train"
     # Trains on data.streaming: a stream of packed blocks from files larger than memory
     streams: bool = False
+    # A decoder-only language model: its logits at t score the label at t + 1 (label smoothing shifts them),
+    # prefix-tuning prefixes its keys and values, attention maps call its self-attention the decoder's
+    is_causal: bool = False
+    # Prepares packed blocks of data.max_length tokens: batches hold no padding
+    packed: bool = False
+    # (raw DatasetDict, split name, tokenizer, recipe, prepared split, model config) -> what `hfpipe plan`
+    # reports of the split: examples, features, token lengths before truncation, what is cut or packed
+    split_stats: Callable[..., dict[str, Any]] = lambda raw, split, tokenizer, recipe, prepared, config: (
+        split_counts(raw, split, prepared)
+    )
+    # What its inputs are: "text" (an image head would say "image")
+    modality: str = "text"
+    # The commands that take a run of it (predict, generate, translate, answer), beside evaluate
+    run_commands: tuple[str, ...] = ("predict",)
+    # What a run of it is given, as a message names it when a command does not take it
+    inputs: str = "texts"
+    # What evaluation scores against, as a message names it when it is missing; None: the label column
+    scored_against: str | None = None
+    # Its labels when they are neither classes nor tokens (e.g. "answer spans"): no label smoothing for them
+    unsmoothable_labels: str | None = None
+    # Its head is a language model (causal, masked or encoder-decoder): few-shot prompts score on its runs
+    language_model: bool = False
 
     def __post_init__(self) -> None:
         # Scoring and predicting never see dropout, whoever calls them, and hand the model back in the mode
@@ -73,6 +96,13 @@ class Task:
     @property
     def trained(self) -> bool:
         return self.command == "train"
+
+    @property
+    def auto_class(self):
+        """The transformers Auto class of the head (`auto_model`), e.g. AutoModelForSequenceClassification."""
+        import transformers
+
+        return getattr(transformers, self.auto_model)
 
 
 def check_recipe(task: Task, recipe) -> None:
@@ -153,6 +183,24 @@ def pad_rows(rows: list[list[int]], value: int):
     return torch.from_numpy(out)
 
 
+PERCENTILES = (50, 90, 99, 100)
+
+
+def percentiles(lengths: list[int]) -> dict[str, int]:
+    """{"p50", "p90", "p99", "max"} of `lengths` (values that occur: method="higher"); {} for none."""
+    import numpy as np
+
+    if not lengths:
+        return {}
+    values = np.percentile(np.asarray(lengths), PERCENTILES, method="higher")
+    return {("max" if p == 100 else f"p{p}"): int(v) for p, v in zip(PERCENTILES, values, strict=True)}
+
+
+def split_counts(raw, split: str, prepared) -> dict[str, Any]:
+    """The start of every task's split statistics: raw examples and prepared features."""
+    return {"examples": len(raw.splits[split]), "features": len(prepared)}
+
+
 def register(task: Task) -> Task:
     if task.name in TASKS:
         raise ValueError(f"task {task.name!r} registered twice")
@@ -160,21 +208,32 @@ def register(task: Task) -> Task:
     return task
 
 
+@functools.cache
 def _load_builtin() -> None:
-    from hfpipe.tasks import (  # noqa: F401  (each registers itself)
-        causal_lm,
-        classification,
-        fewshot,
-        generation,
-        masked_lm,
-        question_answering,
-        translation,
-    )
+    """Import every module of this package: each registers its task (a new head is a new module)."""
+    import importlib
+    import pkgutil
+
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 def task_names() -> list[str]:
     _load_builtin()
     return sorted(TASKS)
+
+
+def tasks_taking(command: str) -> list[str]:
+    """Names of the tasks whose runs `command` (predict, generate, translate, answer) takes, sorted."""
+    _load_builtin()
+    return sorted(name for name, task in TASKS.items() if command in task.run_commands)
+
+
+def language_models() -> list[str]:
+    """Names of the tasks whose runs few-shot prompts can be scored on, sorted."""
+    _load_builtin()
+    return sorted(name for name, task in TASKS.items() if task.language_model)
 
 
 def get_task(name: str) -> Task:

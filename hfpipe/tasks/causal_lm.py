@@ -7,7 +7,7 @@ import math
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError, RecipeError
-from hfpipe.tasks import Task, register
+from hfpipe.tasks import Task, percentiles, register, split_counts
 
 log = logging.getLogger("hfpipe")
 
@@ -97,6 +97,32 @@ def prepare(raw, split: str, tokenizer, config, recipe):
         dropped,
     )
     return datasets.Dataset.from_dict({"input_ids": blocks, "length": [block_size] * len(blocks)})
+
+
+def packing_stats(raw, split: str, tokenizer, recipe, prepared, *, special_tokens: bool) -> dict:
+    """Documents, their token lengths, and how they fill the prepared blocks. `special_tokens`: each
+    document is [CLS] text [SEP] (masked-lm); otherwise text + EOS."""
+    texts = split_texts(raw, split, recipe)
+    lengths = [
+        len(x) + (0 if special_tokens else 1)
+        for x in tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
+    ]
+    out = split_counts(raw, split, prepared)
+    out["examples"] = len(texts)
+    out["tokens"] = percentiles(lengths)
+    total = sum(lengths)
+    block_size = recipe.data.max_length
+    out["packing"] = {
+        "blocks": len(prepared),
+        "block_size": block_size,
+        "tokens": total,
+        "efficiency": round(len(prepared) * block_size / total, 4) if total else 0.0,
+    }
+    return out
+
+
+def split_stats(raw, split: str, tokenizer, recipe, prepared, config) -> dict:
+    return packing_stats(raw, split, tokenizer, recipe, prepared, special_tokens=False)
 
 
 def collator(tokenizer, recipe, train: bool = True):
@@ -196,5 +222,10 @@ CAUSAL_LM = register(
         predict=predict,
         needs_labels=False,
         streams=True,
+        is_causal=True,
+        packed=True,
+        split_stats=split_stats,
+        run_commands=("predict", "generate"),
+        language_model=True,
     )
 )

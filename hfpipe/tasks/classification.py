@@ -7,7 +7,7 @@ import math
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError
-from hfpipe.tasks import Task, register
+from hfpipe.tasks import Task, percentiles, register, split_counts
 
 log = logging.getLogger("hfpipe")
 
@@ -339,6 +339,18 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 64) ->
     return results  # type: ignore[return-value]
 
 
+def split_stats(raw, split: str, tokenizer, recipe, prepared, config) -> dict:
+    """Token lengths of the texts (pairs) before truncation, and how many data.max_length cuts."""
+    cols = recipe.data.columns
+    ds = raw.splits[split]
+    out = split_counts(raw, split, prepared)
+    args = [list(ds[cols.text])] + ([list(ds[cols.text_pair])] if cols.text_pair else [])
+    lengths = [len(x) for x in tokenizer(*args, truncation=False, verbose=False)["input_ids"]]
+    out["tokens"] = percentiles(lengths)
+    out["truncated"] = sum(n > recipe.data.max_length for n in lengths)
+    return out
+
+
 def preparation_settings(recipe, config) -> dict:
     """Labels become ids through the model's label set."""
     return {"config": {k: getattr(config, k, None) for k in ("problem_type", "label2id", "num_labels")}}
@@ -360,5 +372,6 @@ CLASSIFICATION = register(
         metric_names=metric_names,
         predict=predict,
         preparation_settings=preparation_settings,
+        split_stats=split_stats,
     )
 )

@@ -37,5 +37,6 @@ FEWSHOT = register(
         metric_names=_not_trained,
         predict=_not_trained,
         check_recipe=check_recipe,
+        run_commands=(),
     )
 )

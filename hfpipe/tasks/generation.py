@@ -16,7 +16,7 @@ import logging
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError
-from hfpipe.tasks import Task, eval_mode, register
+from hfpipe.tasks import Task, eval_mode, percentiles, register, split_counts
 
 log = logging.getLogger("hfpipe")
 
@@ -151,6 +151,16 @@ def prepare(raw, split: str, tokenizer, config, recipe):
             "row": list(range(len(inputs))),
         }
     )
+
+
+def split_stats(raw, split: str, tokenizer, recipe, prepared, config) -> dict:
+    """Token lengths of prompt + completion as the template renders them, after truncation (how many
+    reach data.max_length)."""
+    out = split_counts(raw, split, prepared)
+    lengths = list(prepared["length"]) if "length" in prepared.column_names else []
+    out["tokens"] = percentiles(lengths)
+    out["at_max_length"] = sum(n >= recipe.data.max_length for n in lengths)
+    return out
 
 
 def collator(tokenizer, recipe, train: bool = True):
@@ -341,5 +351,10 @@ GENERATION = register(
         primary_metric=primary_metric,
         metric_names=metric_names,
         predict=predict,
+        is_causal=True,
+        split_stats=split_stats,
+        run_commands=("predict", "generate"),
+        scored_against="completions",
+        language_model=True,
     )
 )

@@ -10,6 +10,7 @@ from hfpipe.tasks.causal_lm import (
     configure,
     metric_names,
     pack,
+    packing_stats,
     primary_metric,
     split_texts,
     token_loss_metrics,
@@ -122,6 +123,10 @@ class Masking:
         return {"input_ids": inputs, "labels": labels}
 
 
+def split_stats(raw, split: str, tokenizer, recipe, prepared, config) -> dict:
+    return packing_stats(raw, split, tokenizer, recipe, prepared, special_tokens=True)
+
+
 def collator(tokenizer, recipe, train: bool = True):
     return Masking(tokenizer, recipe.train.mlm_probability, seed=None if train else recipe.train.seed)
 
@@ -167,6 +172,9 @@ MASKED_LM = register(
         metric_names=metric_names,
         predict=predict,
         needs_labels=False,
+        packed=True,
+        split_stats=split_stats,
+        language_model=True,
         # whole-word masking keeps each token's word id in the prepared blocks
         preparation_settings=lambda recipe, config: {
             "train": {"whole_word_mask": recipe.train.whole_word_mask}

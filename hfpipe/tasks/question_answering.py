@@ -23,7 +23,7 @@ import math
 
 from hfpipe.data import FILE, ROW
 from hfpipe.errors import DataError, RecipeError
-from hfpipe.tasks import Task, pad_rows, register
+from hfpipe.tasks import Task, pad_rows, percentiles, register, split_counts
 
 log = logging.getLogger("hfpipe")
 
@@ -471,6 +471,31 @@ def predict(model, tokenizer, rows: list[dict], recipe, batch_size: int = 32) ->
     return out_rows
 
 
+def split_stats(raw, split: str, tokenizer, recipe, prepared, config) -> dict:
+    """Token lengths of question + context before windowing, how many need more than one window, the
+    windows, and the answers that no window holds whole (they are never trained on)."""
+    cols = recipe.data.columns
+    ds = raw.splits[split]
+    questions, contexts = list(ds[cols.question]), list(ds[cols.context])
+    lengths = [len(x) for x in tokenizer(questions, contexts, truncation=False, verbose=False)["input_ids"]]
+    out = split_counts(raw, split, prepared)
+    out["tokens"] = percentiles(lengths)
+    out["longer_than_a_window"] = sum(n > recipe.data.max_length for n in lengths)
+    out["windows"] = len(prepared)
+    out["windows_per_example"] = round(len(prepared) / max(len(ds), 1), 3)
+    if "start_positions" in prepared.column_names and "example" in prepared.column_names:
+        found: dict[int, bool] = {}
+        for example, start in zip(list(prepared["example"]), list(prepared["start_positions"]), strict=True):
+            found[example] = found.get(example, False) or start != 0
+        answered = [
+            i
+            for i, a in enumerate(list(ds[cols.answers]))
+            if a and (a.get("text") if isinstance(a, dict) else a)
+        ]
+        out["answers_lost"] = sum(1 for i in answered if not found.get(i))
+    return out
+
+
 def check_recipe(recipe) -> None:
     # [CLS] question [SEP] context [SEP]: a window must hold the longest question and more context than it
     # shares with the next window, or the windows never advance.
@@ -503,6 +528,10 @@ QUESTION_ANSWERING = register(
         label_column="start_positions",
         writes_outputs=True,
         check_recipe=check_recipe,
+        split_stats=split_stats,
+        run_commands=("answer",),
+        inputs="questions and contexts",
+        unsmoothable_labels="answer spans",
         # the windows: their stride, the room the question takes, whether unanswerable questions stay
         preparation_settings=lambda recipe, config: {
             "qa": recipe.qa.model_dump(

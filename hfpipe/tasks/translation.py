@@ -16,7 +16,7 @@ import logging
 
 from hfpipe.data import FILE, PARALLEL_TARGET, ROW
 from hfpipe.errors import DataError, RecipeError
-from hfpipe.tasks import Task, pad_rows, register
+from hfpipe.tasks import Task, pad_rows, percentiles, register, split_counts
 
 log = logging.getLogger("hfpipe")
 
@@ -142,6 +142,24 @@ def prepare(raw, split: str, tokenizer, config, recipe):
     if cut:
         log.warning("%s: %d sources reach data.max_length=%d (cut)", split, cut, source_limit)
     return datasets.Dataset.from_dict(columns)
+
+
+def split_stats(raw, split: str, tokenizer, recipe, prepared, config) -> dict:
+    """Token lengths of the prefixed sources (and of the targets, when the split has them) before
+    truncation, and how many data.max_length (data.max_target_length) cuts."""
+    limit = recipe.data.max_length
+    sources, targets = _pairs(raw, split, recipe)
+    prefix = recipe.data.source_prefix or ""
+    source_lengths = [len(x) for x in tokenizer([prefix + s for s in sources])["input_ids"]]
+    out = split_counts(raw, split, prepared)
+    out["tokens"] = percentiles(source_lengths)
+    out["truncated"] = sum(n > limit for n in source_lengths)
+    if all(t is not None for t in targets):
+        target_limit = recipe.data.max_target_length or limit
+        target_lengths = [len(x) for x in tokenizer(text_target=targets)["input_ids"]]
+        out["target_tokens"] = percentiles(target_lengths)
+        out["targets_truncated"] = sum(n > target_limit for n in target_lengths)
+    return out
 
 
 def collator(tokenizer, recipe, train: bool = True):
@@ -327,5 +345,8 @@ TRANSLATION = register(
         predict=predict,
         metric_signatures=metric_signatures,
         check_model=check_model,
+        split_stats=split_stats,
+        run_commands=("predict", "translate"),
+        language_model=True,
     )
 )
