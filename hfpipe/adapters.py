@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from hfpipe.errors import RecipeError, RunError
+from hfpipe.errors import RecipeError, RunError, first_line
 
 log = logging.getLogger("hfpipe")
 
@@ -148,7 +148,7 @@ def peft_config(model, recipe, task, new_modules: list[str] = ()):
         "revision": recipe.model.revision,
     }
     if spec.method == "prefix-tuning":
-        if not (model.config.is_encoder_decoder or task.peft_task_type == "CAUSAL_LM"):
+        if not (model.config.is_encoder_decoder or task.is_causal):
             raise RecipeError(
                 f"prefix-tuning needs a decoder or an encoder-decoder (GPT-2, T5, BART, Marian); this "
                 f"{model.config.model_type} encoder does not read key / value prefixes: use lora or ia3",
@@ -296,7 +296,7 @@ def register_checkpoint_hooks(accelerator) -> None:
                 model.load_state_dict(state, strict=False)
             except RuntimeError as exc:  # a base of another shape than the one the run started with
                 raise RunError(
-                    f"checkpoint does not fit the model: {_first_line(exc)}", file=str(path)
+                    f"checkpoint does not fit the model: {first_line(exc)}", file=str(path)
                 ) from None
             models.remove(model)  # loaded: Accelerate must not load it again, strictly
 
@@ -368,16 +368,10 @@ def base_record(model, recipe) -> dict:
     return record
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-
-
 def load_adapter_run(run_dir, task, recipe):
     """(model) of an adapter run: its base model (loaded with the config of training) plus the adapter."""
     import transformers
     from peft import PeftModel
-
-    from hfpipe.models import auto_class
 
     run_dir = Path(run_dir)
     try:
@@ -399,7 +393,7 @@ def load_adapter_run(run_dir, task, recipe):
             base,
         )
     try:
-        model = auto_class(task).from_pretrained(
+        model = task.auto_class.from_pretrained(
             base,
             config=config,
             # the Hub commit of training, when the recipe named no revision
@@ -411,7 +405,7 @@ def load_adapter_run(run_dir, task, recipe):
     except (OSError, ValueError) as exc:
         raise RunError(
             f"this adapter needs its base model {base!r} ({ADAPTER_CONFIG} base_model_name_or_path), which "
-            f"does not load: {_first_line(exc)}",
+            f"does not load: {first_line(exc)}",
             file=str(run_dir),
         ) from None
     import warnings
@@ -422,7 +416,7 @@ def load_adapter_run(run_dir, task, recipe):
             model = PeftModel.from_pretrained(model, str(run_dir))
         except (RuntimeError, ValueError, KeyError) as exc:  # e.g. a size mismatch with a changed base
             raise RunError(
-                f"the adapter does not fit its base model {base!r}: {' '.join(_first_line(exc).split())}",
+                f"the adapter does not fit its base model {base!r}: {' '.join(first_line(exc).split())}",
                 file=str(run_dir),
             ) from None
     _pass_every_input(model)

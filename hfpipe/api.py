@@ -17,14 +17,14 @@ from hfpipe.errors import DataError, HfpipeError, RunError, UsageError, decode_u
 log = logging.getLogger("hfpipe")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries(verbose: bool) -> None:
+    """transformers and datasets say warnings and errors only, without progress bars (their own logs and
+    bars stay when `verbose`: --verbose)."""
     import os
 
     import transformers
 
-    from hfpipe.console import SETTINGS
-
-    if SETTINGS.verbose:  # --verbose: the libraries' own logs and progress bars stay
+    if verbose:
         return
 
     # datasets reads these when it is imported (and it costs ~1 s to import when a command does not need it)
@@ -62,7 +62,14 @@ def recipe_tokenizer(recipe, task, raw):
 
 
 @runlock.scoped
-def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str | None = None) -> Path:
+def train(
+    recipe,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: str | None = None,
+    verbose: bool = False,
+) -> Path:
     """Train `recipe` into its output_dir and return the run directory.
 
     Under `accelerate launch` every process runs this; only the main process writes the run directory.
@@ -82,7 +89,7 @@ def train(recipe, *, overwrite: bool = False, resume: bool = False, command: str
     from hfpipe.tasks import get_task, require_command
     from hfpipe.tokenization import load_tokenizer
 
-    _quiet_libraries()
+    quiet_libraries(verbose)
     task = get_task(recipe.task)
     require_command(task, "train", recipe.source)
     command = command or shlex.join(["hfpipe", *sys.argv[1:]])
@@ -239,7 +246,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
     import shutil
 
     from hfpipe.errors import RecipeError
-    from hfpipe.recipe.load import _read_yaml
+    from hfpipe.recipe.load import read_yaml
     from hfpipe.runner import latest_checkpoint
 
     if explicit and overwrite:
@@ -258,7 +265,7 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
                 key="output_dir",
             )
         return None  # nothing to resume: a fresh start
-    saved, _ = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
+    saved, _ = read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
     current = recipe.model_dump(mode="json")
     changed = [k for k in _RUN_DEFINING if saved.get(k) != current.get(k)]
     changed += [f"train.{k}" for k in _ORDER_DEFINING if saved.get("train", {}).get(k) != current["train"][k]]
@@ -348,11 +355,14 @@ def _check_lengths(recipe, config) -> None:
 
 
 def _check_label_smoothing(recipe, config) -> None:
+    from hfpipe.tasks import get_task
+
     if not recipe.train.label_smoothing:
         return
+    task = get_task(recipe.task)
     reason = (
-        "label smoothing applies to classes and tokens, not answer spans"
-        if recipe.task == "question-answering"
+        f"label smoothing applies to classes and tokens, not {task.unsmoothable_labels}"
+        if task.unsmoothable_labels
         else "label smoothing needs classes, and this is a regression head"
         if getattr(config, "problem_type", None) == "regression"
         else None
@@ -417,10 +427,11 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None, outputs: di
 # Using a run directory
 
 
-def open_run(run_dir: str | Path):
-    """(recipe, task, model, tokenizer) of a finished run directory."""
+def open_run(run_dir: str | Path, *, verbose: bool = False):
+    """(recipe, task, model, tokenizer) of a finished run directory (`verbose`: the libraries' own logs
+    and progress bars stay)."""
     from hfpipe.models import load_run_model
-    from hfpipe.recipe.load import _read_yaml, validate_dict
+    from hfpipe.recipe.load import read_yaml, validate_dict
     from hfpipe.tasks import get_task
 
     run_dir = Path(run_dir)
@@ -433,9 +444,9 @@ def open_run(run_dir: str | Path):
             "no config.json (nor adapter_config.json): the run did not finish (train it again, or resume it)",
             file=str(run_dir),
         )
-    data, lines = _read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
+    data, lines = read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
     recipe = validate_dict(data, {k: (str(run_dir / io.RECIPE), v) for k, v in lines.items()})
-    _quiet_libraries()
+    quiet_libraries(verbose)
     task = get_task(recipe.task)
     model, tokenizer = load_run_model(run_dir, task, recipe)
     return recipe, task, model, tokenizer
@@ -443,15 +454,19 @@ def open_run(run_dir: str | Path):
 
 @runlock.scoped
 def evaluate_run(
-    run_dir: str | Path, data_file: str | None = None, split: str = "test", predictions_dir=None
+    run_dir: str | Path,
+    data_file: str | None = None,
+    split: str = "test",
+    predictions_dir=None,
+    *,
+    verbose: bool = False,
 ) -> dict:
     """Metrics of a run on `data_file` (same columns as the recipe's data) or on its recipe's `split`;
     tasks that write predictions (question-answering) write them in `predictions_dir`."""
-    from hfpipe.data import FORMATS, RawData, load_raw
-    from hfpipe.data import _load_files as load_files
+    from hfpipe.data import FORMATS, RawData, load_files, load_raw
 
     runlock.claim(predictions_dir)
-    recipe, task, model, tokenizer = open_run(run_dir)
+    recipe, task, model, tokenizer = open_run(run_dir, verbose=verbose)
     if data_file is not None:
         files: list[str] = []
         formats: list[str] = []
@@ -472,7 +487,7 @@ def evaluate_run(
     # Labels are read against the run's own label set, not re-inferred from this file.
     prepared = task.prepare(raw, split, tokenizer, model.config, recipe)
     if task.needs_labels and task.label_column not in prepared.column_names:
-        what = "completions" if task.name == "generation" else f"label column {recipe.data.columns.label!r}"
+        what = task.scored_against or f"label column {recipe.data.columns.label!r}"
         raise DataError(f"no {what} to score against", **raw.where(split))
     outputs: dict = {}
     metrics = score(model, tokenizer, prepared, task, recipe, outputs=outputs)
@@ -483,7 +498,7 @@ def evaluate_run(
 
 def read_inputs(path: str | Path, recipe) -> list[dict]:
     """Rows to predict from a file: .txt (one text per line), or csv / tsv / json / jsonl / parquet."""
-    from hfpipe.data import _load_files as load_files
+    from hfpipe.data import load_files
 
     path = Path(path)
     if path.suffix.lower() == ".txt":
@@ -515,13 +530,14 @@ def predict_run(
     text_pairs: list[str] | None = None,
     file: str | Path | None = None,
     batch_size: int = 64,
+    *,
+    verbose: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(input rows, predictions) for `texts` [+ `text_pairs`] or the rows of `file`."""
-    recipe, task, model, tokenizer = open_run(run_dir)
-    if task.name == "question-answering":
-        raise RunError(
-            "a question-answering run takes questions and contexts: use hfpipe answer", file=str(run_dir)
-        )
+    recipe, task, model, tokenizer = open_run(run_dir, verbose=verbose)
+    if "predict" not in task.run_commands:
+        commands = " or ".join(f"hfpipe {command}" for command in task.run_commands)
+        raise RunError(f"a {task.name} run takes {task.inputs}: use {commands}", file=str(run_dir))
     cols = recipe.data.columns
     if file is not None:
         rows = read_inputs(file, recipe)
@@ -548,7 +564,13 @@ def predict_run(
     return rows, task.predict(model, tokenizer, rows, recipe, batch_size=batch_size)
 
 
-GENERATING_TASKS = ("causal-lm", "generation")
+def _check_run_command(task, command: str, refusal: str, run_dir) -> None:
+    """RunError unless `hfpipe COMMAND` takes runs of `task`: "a TASK run REFUSAL (COMMAND takes a ... run)"."""
+    from hfpipe.tasks import tasks_taking
+
+    if command not in task.run_commands:
+        takers = " or ".join(tasks_taking(command))
+        raise RunError(f"a {task.name} run {refusal} ({command} takes a {takers} run)", file=str(run_dir))
 
 
 def _generation_spec(recipe, model, settings: dict | None):
@@ -575,8 +597,7 @@ def _text_rows(file, texts: list[str] | None, literal: str) -> list[dict]:
     """Rows for generate / translate: `texts` as they are, or the lines of a plain-text file (any name but
     a table's: test.en, prompts.txt; split on newlines only), under the key `literal`; or the rows of a
     csv / tsv / json / jsonl / parquet file, all columns. Blank lines stay, so outputs line up with lines."""
-    from hfpipe.data import FILE, ROW
-    from hfpipe.data import _load_files as load_files
+    from hfpipe.data import FILE, ROW, load_files
 
     if file is None:
         return [{literal: t} for t in texts or []]
@@ -609,6 +630,7 @@ def generate_run(
     settings: dict | None = None,
     seed: int | None = None,
     batch_size: int = 16,
+    verbose: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(input rows, [{"completion": ...}]) for literal `prompts` or the rows of `file`.
 
@@ -618,12 +640,8 @@ def generate_run(
     from hfpipe.tasks.generation import LITERAL
     from hfpipe.tasks.generation import predict as generate
 
-    recipe, task, model, tokenizer = open_run(run_dir)
-    if task.name not in GENERATING_TASKS:
-        raise RunError(
-            f"a {task.name} run does not generate text (generate takes a {' or '.join(GENERATING_TASKS)} run)",
-            file=str(run_dir),
-        )
+    recipe, task, model, tokenizer = open_run(run_dir, verbose=verbose)
+    _check_run_command(task, "generate", "does not generate text", run_dir)
     spec = _generation_spec(recipe, model, settings)
     rows = _text_rows(file, prompts, LITERAL)
     if not rows:
@@ -647,17 +665,15 @@ def translate_run(
     *,
     settings: dict | None = None,
     batch_size: int = 16,
+    verbose: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(input rows, [{"translation": ...}]) for `texts` or the rows of `file` (.txt: one source per line;
     csv / jsonl: the column named data.source_lang, or a `translation` column)."""
     from hfpipe.tasks.translation import LITERAL
     from hfpipe.tasks.translation import predict as translate
 
-    recipe, task, model, tokenizer = open_run(run_dir)
-    if task.name != "translation":
-        raise RunError(
-            f"a {task.name} run does not translate (translate takes a translation run)", file=str(run_dir)
-        )
+    recipe, task, model, tokenizer = open_run(run_dir, verbose=verbose)
+    _check_run_command(task, "translate", "does not translate", run_dir)
     spec = _generation_spec(recipe, model, settings)
     rows = _text_rows(file, texts, LITERAL)
     if not rows:
@@ -679,19 +695,16 @@ def answer_run(
     file: str | Path | None = None,
     *,
     batch_size: int = 32,
+    verbose: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(input rows, [{answer, score, start, end}]) for question / context pairs or the rows of `file`
     (csv / jsonl / SQuAD JSON with the recipe's question and context columns)."""
-    from hfpipe.data import _load_files as load_files
+    from hfpipe.data import load_files
     from hfpipe.tasks.question_answering import CONTEXT, QUESTION
     from hfpipe.tasks.question_answering import predict as answer
 
-    recipe, task, model, tokenizer = open_run(run_dir)
-    if task.name != "question-answering":
-        raise RunError(
-            f"a {task.name} run does not answer questions (answer takes a question-answering run)",
-            file=str(run_dir),
-        )
+    recipe, task, model, tokenizer = open_run(run_dir, verbose=verbose)
+    _check_run_command(task, "answer", "does not answer questions", run_dir)
     if file is not None:
         ds = load_files([str(Path(file).resolve())], "auto", [], [])
         cols = recipe.data.columns
@@ -720,7 +733,9 @@ def answer_run(
 
 
 @runlock.scoped
-def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> tuple[Path, float]:
+def merge_run(
+    run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, verbose: bool = False
+) -> tuple[Path, float]:
     """Fold an adapter run into its base model: (standalone run directory `out_dir`, largest difference
     between the adapter model's outputs and the merged model's on a probe input)."""
     import json
@@ -733,7 +748,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fal
     runlock.claim(out_dir)
     if run_dir.is_dir() and (run_dir / "config.json").exists() and not is_adapter_run(run_dir):
         raise RunError("not an adapter run: it already holds a full model", file=str(run_dir))
-    recipe, task, model, tokenizer = open_run(run_dir)
+    recipe, task, model, tokenizer = open_run(run_dir, verbose=verbose)
     if recipe.peft is not None and recipe.peft.method == "prefix-tuning":
         raise RunError(
             "a prefix-tuning adapter adds key / value positions, not weight updates: it cannot be merged; "

@@ -3,6 +3,11 @@
 Three audiences. A terminal gets a live rich bar (steps, elapsed, ETA, loss, lr, tokens/s) that logs
 scroll above; a log file (CI) gets a plain line about every 10% of the run instead of a bar; `--quiet`
 gets warnings and errors only, and `--json` one machine-readable line on stdout at the end.
+
+The output mode (quiet, json) belongs to whoever owns the terminal: the CLI sets it once per command with
+`configure`, as it configures `logging`; a script may too, and gets everything printed if it does not.
+It decides only what is printed, never what is computed, and it holds nothing else: how much the
+libraries say is an argument of the library's entry points (`verbose=`), not a setting read here.
 """
 
 from __future__ import annotations
@@ -15,14 +20,13 @@ from dataclasses import dataclass
 class Settings:
     quiet: bool = False  # --quiet: no bar, no progress lines, no tables
     json: bool = False  # --json: the final line on stdout is a JSON object (tables go away)
-    verbose: bool = False  # --verbose: debug lines, and transformers / datasets keep their own logs and bars
 
 
 SETTINGS = Settings()
 
 
-def configure(*, quiet: bool = False, json: bool = False, verbose: bool = False) -> None:
-    SETTINGS.quiet, SETTINGS.json, SETTINGS.verbose = quiet, json, verbose
+def configure(*, quiet: bool = False, json: bool = False) -> None:
+    SETTINGS.quiet, SETTINGS.json = quiet, json
 
 
 def summary_table(rows: list[tuple], header: tuple[str, ...], title: str | None = None) -> None:
@@ -50,10 +54,10 @@ def final_json(record: dict) -> None:
     if SETTINGS.json:
         import json
 
-        from hfpipe.io import _jsonable
+        from hfpipe.io import jsonable
 
         # strict JSON: a NaN / infinite metric becomes null (as in metrics.json), never a bare NaN token
-        print(json.dumps(_jsonable(record), default=str, allow_nan=False), flush=True)
+        print(json.dumps(jsonable(record), default=str, allow_nan=False), flush=True)
 
 
 def interactive() -> bool:

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfpipe.errors import DataError, decode_utf8
+from hfpipe.errors import DataError, decode_utf8, shown_path
 
 log = logging.getLogger("hfpipe")
 
@@ -92,12 +92,6 @@ def _record_lines(path: str, fmt: str) -> list[int]:
         return starts[1:]  # the first record is the header
 
 
-def shown_path(path: str) -> str:
-    """A path as messages show it: relative to the current directory when that is short."""
-    rel = os.path.relpath(path)
-    return rel if not rel.startswith("../..") else path
-
-
 def file_format(path: str, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
@@ -118,14 +112,20 @@ def file_format(path: str, declared: str = "auto") -> str:
 _SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
 
 
-def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
-    import datasets
-
+def _existing_file(path: str) -> str:
+    """`path` as messages show it; DataError unless it is a file that exists."""
     shown = shown_path(path)
     if not os.path.exists(path):
         raise DataError("file not found", file=shown)
     if os.path.isdir(path):
         raise DataError("is a directory, not a data file", file=shown)
+    return shown
+
+
+def _load_file(path: str, fmt: str, file_index: int, text_unit: str = "line"):
+    import datasets
+
+    shown = _existing_file(path)
     if os.path.getsize(path) == 0:
         raise DataError("file is empty", file=shown)
     if fmt == "json":
@@ -254,7 +254,7 @@ def _diagnose(path: str, fmt: str, exc: Exception) -> DataError:
     return DataError(f"cannot read as {fmt}: {detail[:300]}", file=shown)
 
 
-def _load_files(
+def load_files(
     paths: list[str], declared: str, files: list[str], formats: list[str], text_unit: str = "line"
 ):
     import datasets
@@ -285,11 +285,7 @@ def parallel_files(prefix: str, source: str, target: str) -> tuple[str, str]:
 
 def _read_lines(path: str) -> list[str]:
     """Lines split on newlines only (a line may hold tabs or other separators); a final newline ends it."""
-    shown = shown_path(path)
-    if not os.path.exists(path):
-        raise DataError("file not found", file=shown)
-    if os.path.isdir(path):
-        raise DataError("is a directory, not a data file", file=shown)
+    shown = _existing_file(path)
     text = decode_utf8(Path(path).read_bytes(), DataError, shown)
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     if lines and lines[-1] == "":
@@ -359,7 +355,7 @@ def load_raw(recipe) -> RawData:
             splits[name] = ds.add_column(ROW, list(range(len(ds))))
         raw = RawData(splits, origin=f"builtin:{b.name}")
     elif data.dataset is not None:
-        raw = RawData(_load_hub(data), origin=f"hub:{data.dataset}")
+        raw = RawData(load_hub(data), origin=f"hub:{data.dataset}")
     else:
         if data.train is None:
             raise DataError("data.train is required (validation and test alone cannot train a model)")
@@ -382,7 +378,7 @@ def load_raw(recipe) -> RawData:
             elif data.format == "parallel":
                 splits[split] = _load_parallel(paths, data.source_lang, data.target_lang, files, formats)
             else:
-                splits[split] = _load_files(paths, data.format, files, formats, data.text_unit)
+                splits[split] = load_files(paths, data.format, files, formats, data.text_unit)
         raw = RawData(splits, files, formats, text_unit=data.text_unit)
 
     if "validation" not in raw.splits and data.validation_fraction:
@@ -414,7 +410,7 @@ def load_raw(recipe) -> RawData:
     return raw
 
 
-def _load_hub(data) -> dict:
+def load_hub(data) -> dict:
     import datasets
 
     try:

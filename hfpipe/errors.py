@@ -10,6 +10,7 @@ The exit-code contract (README "Exit codes"; tests/test_exit_codes.py):
 
 from __future__ import annotations
 
+import os
 import reprlib
 
 
@@ -105,6 +106,12 @@ def first_line(exc: BaseException) -> str:
     """An exception's first line (at most 300 characters), or its type's name when it has no message."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def shown_path(path: str) -> str:
+    """A path as messages show it: relative to the current directory when that is short."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("../..") else path
 
 
 def did_you_mean(word: str, options) -> str:

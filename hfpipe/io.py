@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from hfpipe.errors import UsageError
+from hfpipe.formatting import fmt
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.json"
@@ -132,13 +133,13 @@ def _umask() -> int:
     return mask
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else str(value)
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -154,12 +155,12 @@ def flatten(values: dict, prefix: str = "") -> dict:
 
 
 def write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_jsonable(record)) + "\n")
+        f.write(json.dumps(jsonable(record)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -298,7 +299,7 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
     ]
     for split in ("validation", "test"):
         for name, value in (metrics.get(split) or {}).items():
-            lines.append(f"| {split} | {name} | {_fmt(value)} |")
+            lines.append(f"| {split} | {name} | {fmt(value)} |")
     if metrics.get("best_step") is not None:
         lines += ["", f"Best checkpoint: step {metrics['best_step']} by {metrics.get('metric_for_best')}."]
     name = Path(recipe.output_dir).name
@@ -448,7 +449,3 @@ def _training_section(recipe, metrics: dict, command: str) -> list[str]:
         "Training logs are in `metrics.jsonl`; metrics in `metrics.json`.",
         "",
     ]
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

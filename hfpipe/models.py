@@ -5,16 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hfpipe.errors import HfpipeError, RecipeError, RunError, did_you_mean
-from hfpipe.errors import first_line as _first_line
+from hfpipe.errors import HfpipeError, RecipeError, RunError, did_you_mean, first_line
 
 log = logging.getLogger("hfpipe")
-
-
-def auto_class(task):
-    import transformers
-
-    return getattr(transformers, task.auto_model)
 
 
 # Config values hfpipe derives from the tokenizer and the data; a recipe setting them would disagree.
@@ -59,7 +52,7 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
     """The model for `recipe` with the task's head; config values from the recipe, then the head's."""
     import transformers
 
-    cls = auto_class(task)
+    cls = task.auto_class
     spec = recipe.model
     if spec.architecture:
         from hfpipe.architectures import ARCHITECTURES
@@ -85,7 +78,7 @@ def build_model(recipe, task, tokenizer, head_kwargs: dict[str, Any]):
                 **special,
                 **head_kwargs,
             )
-            model = cls.from_config(config, **_attention(spec))
+            model = cls.from_config(config, **attention_kwargs(spec))
         except Exception as exc:  # noqa: BLE001  only recipe values go in: a wrong type, heads not dividing hidden
             raise RecipeError(f"invalid model config: {_error_text(exc)}", key="model.config") from None
         log.info(
@@ -154,7 +147,7 @@ def pretrained_config(spec, head_kwargs: dict[str, Any]):
         )
     except (OSError, ValueError, ImportError) as exc:
         raise RecipeError(
-            f"cannot load model {spec.name_or_path!r}: {_first_line(exc)}", key="model.name_or_path"
+            f"cannot load model {spec.name_or_path!r}: {first_line(exc)}", key="model.name_or_path"
         ) from None
     _check_config_keys(type(config), spec.config, "model.config")
     try:
@@ -209,7 +202,7 @@ def load_pretrained(
             revision=revision,
             trust_remote_code=getattr(spec, "trust_remote_code", False),
             use_safetensors=None if allow_pickle else True,
-            **(_attention(spec) if spec is not None else {}),
+            **(attention_kwargs(spec) if spec is not None else {}),
             **kwargs,
         )
     except (OSError, ValueError, ImportError) as exc:
@@ -220,7 +213,7 @@ def load_pretrained(
                 "convert them to safetensors, or set model.allow_pickle_weights: true for a checkpoint you trust",
                 **where,
             ) from None
-        raise error(f"cannot load model {name_or_path!r}: {_first_line(exc)}", **where) from None
+        raise error(f"cannot load model {name_or_path!r}: {first_line(exc)}", **where) from None
     fresh = newly_initialised(loading)
     if score and fresh:
         raise error(
@@ -255,16 +248,16 @@ def load_run_model(run_dir, task, recipe):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     except (OSError, ValueError, ImportError) as exc:
-        raise RunError(f"cannot load the tokenizer: {_first_line(exc)}", file=str(run_dir)) from None
+        raise RunError(f"cannot load the tokenizer: {first_line(exc)}", file=str(run_dir)) from None
     if is_adapter_run(run_dir):
         return load_adapter_run(run_dir, task, recipe), tokenizer
     model, _ = load_pretrained(
-        auto_class(task), str(run_dir), where={"file": str(run_dir)}, score=True, error=RunError
+        task.auto_class, str(run_dir), where={"file": str(run_dir)}, score=True, error=RunError
     )
     model.eval()
     return model, tokenizer
 
 
-def _attention(spec) -> dict:
+def attention_kwargs(spec) -> dict:
     """model.attn_implementation as the keyword transformers takes (nothing: its own default)."""
     return {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}

@@ -6,24 +6,14 @@ no memory, no weights: parameter counts for any size), and reports the data as t
 examples and features per split, token-length percentiles before truncation, what truncation cuts (for
 question answering: answers lost, windows per example), packing efficiency or padding, the global batch
 and the step counts. The run-time estimate times a few real training steps of a randomly initialised
-copy (weights are never loaded) on batches drawn as training draws them; `--no-timing` skips it.
+copy (weights are never loaded) on batches drawn as training draws them; `--no-timing` skips it. Each
+task says what it reports of a split (Task.split_stats).
 """
 
 from __future__ import annotations
 
 import math
 import time
-
-PERCENTILES = (50, 90, 99, 100)
-
-
-def _percentiles(lengths: list[int]) -> dict[str, int]:
-    import numpy as np
-
-    if not lengths:
-        return {}
-    values = np.percentile(np.asarray(lengths), PERCENTILES, method="higher")
-    return {("max" if p == 100 else f"p{p}"): int(v) for p, v in zip(PERCENTILES, values, strict=True)}
 
 
 def _meta_model(recipe, task, tokenizer, head_kwargs):
@@ -38,13 +28,13 @@ def _random_model(recipe, task, tokenizer, head_kwargs, config=None):
     """The recipe's model with random weights, on the current default device (meta for the counts; the CPU
     or GPU for timing): built as training builds it for `architecture`; for a pretrained name from its
     config (`config`, or loaded), weights never loaded; with the recipe's adapter."""
-    from hfpipe.models import _attention, auto_class, build_model, pretrained_config
+    from hfpipe.models import attention_kwargs, build_model, pretrained_config
 
     if recipe.model.architecture:
         return build_model(recipe, task, tokenizer, head_kwargs)
     config = config or pretrained_config(recipe.model, head_kwargs)
-    model = auto_class(task).from_config(
-        config, trust_remote_code=recipe.model.trust_remote_code, **_attention(recipe.model)
+    model = task.auto_class.from_config(
+        config, trust_remote_code=recipe.model.trust_remote_code, **attention_kwargs(recipe.model)
     )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
@@ -55,82 +45,13 @@ def _random_model(recipe, task, tokenizer, head_kwargs, config=None):
     return model
 
 
-def _split_stats(task_name: str, raw, name: str, tokenizer, recipe, prepared, config) -> dict:
-    """What the model will see of one split: counts, lengths before truncation, what is cut or packed."""
-    cols = recipe.data.columns
-    ds = raw.splits[name]
-    limit = recipe.data.max_length
-    out: dict = {"examples": len(ds), "features": len(prepared)}
-    if task_name == "classification":
-        args = [list(ds[cols.text])] + ([list(ds[cols.text_pair])] if cols.text_pair else [])
-        lengths = [len(x) for x in tokenizer(*args, truncation=False, verbose=False)["input_ids"]]
-        out["tokens"] = _percentiles(lengths)
-        out["truncated"] = sum(n > limit for n in lengths)
-    elif task_name in ("causal-lm", "masked-lm"):
-        from hfpipe.tasks.causal_lm import split_texts
-
-        texts = split_texts(raw, name, recipe)
-        special = task_name == "masked-lm"  # [CLS] text [SEP] per document; causal: text + EOS
-        lengths = [
-            len(x) + (0 if special else 1) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]
-        ]
-        out["examples"] = len(texts)
-        out["tokens"] = _percentiles(lengths)
-        total = sum(lengths)
-        out["packing"] = {
-            "blocks": len(prepared),
-            "block_size": limit,
-            "tokens": total,
-            "efficiency": round(len(prepared) * limit / total, 4) if total else 0.0,
-        }
-    elif task_name == "translation":
-        from hfpipe.tasks.translation import _pairs
-
-        sources, targets = _pairs(raw, name, recipe)
-        prefix = recipe.data.source_prefix or ""
-        source_lengths = [len(x) for x in tokenizer([prefix + s for s in sources])["input_ids"]]
-        out["tokens"] = _percentiles(source_lengths)
-        out["truncated"] = sum(n > limit for n in source_lengths)
-        if all(t is not None for t in targets):
-            target_limit = recipe.data.max_target_length or limit
-            target_lengths = [len(x) for x in tokenizer(text_target=targets)["input_ids"]]
-            out["target_tokens"] = _percentiles(target_lengths)
-            out["targets_truncated"] = sum(n > target_limit for n in target_lengths)
-    elif task_name == "question-answering":
-        questions, contexts = list(ds[cols.question]), list(ds[cols.context])
-        lengths = [
-            len(x) for x in tokenizer(questions, contexts, truncation=False, verbose=False)["input_ids"]
-        ]
-        out["tokens"] = _percentiles(lengths)
-        out["longer_than_a_window"] = sum(n > limit for n in lengths)
-        out["windows"] = len(prepared)
-        out["windows_per_example"] = round(len(prepared) / max(len(ds), 1), 3)
-        if "start_positions" in prepared.column_names and "example" in prepared.column_names:
-            found: dict[int, bool] = {}
-            for example, start in zip(
-                list(prepared["example"]), list(prepared["start_positions"]), strict=True
-            ):
-                found[example] = found.get(example, False) or start != 0
-            answered = [
-                i
-                for i, a in enumerate(list(ds[cols.answers]))
-                if a and (a.get("text") if isinstance(a, dict) else a)
-            ]
-            out["answers_lost"] = sum(1 for i in answered if not found.get(i))
-    else:  # generation: prompt + completion as rendered by the template, after truncation
-        lengths = list(prepared["length"]) if "length" in prepared.column_names else []
-        out["tokens"] = _percentiles(lengths)
-        out["at_max_length"] = sum(n >= limit for n in lengths)
-    return out
-
-
-def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
+def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1, verbose: bool = False) -> dict:
     """Everything `hfpipe plan` prints, as a dict (its --json)."""
     from hfpipe.api import (
         _check_label_smoothing,
         _check_lengths,
-        _quiet_libraries,
         data_fingerprint,
+        quiet_libraries,
         recipe_tokenizer,
     )
     from hfpipe.cache import prepare_split
@@ -139,7 +60,7 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
     from hfpipe.runner import BatchSampler, resolve_metric_for_best, split_lengths
     from hfpipe.tasks import get_task, require_command
 
-    _quiet_libraries()
+    quiet_libraries(verbose)
     started = time.perf_counter()
     task = get_task(recipe.task)
     require_command(task, "train", recipe.source, used="plan")
@@ -184,7 +105,7 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
         if not (name == "train" and streaming)
     }
     for name, split in prepared.items():
-        plan["splits"][name] = _split_stats(recipe.task, raw, name, tokenizer, recipe, split, config)
+        plan["splits"][name] = task.split_stats(raw, name, tokenizer, recipe, split, config)
 
     spec = recipe.train
     accumulation = spec.accumulation(processes)
@@ -203,7 +124,7 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1) -> dict:
         )
         steps_per_epoch = math.ceil(len(lengths) / global_batch)
         total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
-        padded = recipe.task not in ("causal-lm", "masked-lm")
+        padded = not task.packed
         batching |= {
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
@@ -356,7 +277,7 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
 
 def render(plan: dict, full_recipe: bool = False) -> str:
     """The plan as text for a terminal."""
-    from hfpipe.cli.common import table
+    from hfpipe.formatting import duration, table
 
     lines = []
     if full_recipe:
@@ -421,21 +342,12 @@ def render(plan: dict, full_recipe: bool = False) -> str:
     if "estimate_s" in plan:
         e, timing = plan["estimate_s"], plan["timing"]
         lines.append(
-            f"time        ~{_human(e['total'])} on this machine: training {_human(e['training'])} "
+            f"time        ~{duration(e['total'])} on this machine: training {duration(e['training'])} "
             f"({timing['step_s']:.3f} s a step, {timing['steps_timed']} steps timed on random weights, "
-            f"{timing['device']}, {timing['precision']}, {timing['threads']} threads) + evaluation {_human(e['evaluation'])} (forward passes; generation "
+            f"{timing['device']}, {timing['precision']}, {timing['threads']} threads) + evaluation {duration(e['evaluation'])} (forward passes; generation "
             "in evaluation is not timed)"
         )
     lines.append(
         f"planned in  {plan['prepared_in_s']:.1f} s (data and tokenizer; prepared splits are cached for training)"
     )
     return "\n".join(lines)
-
-
-def _human(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

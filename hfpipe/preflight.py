@@ -42,7 +42,8 @@ def problems(recipe) -> list[HfpipeError]:
 
 def _missing_files(data) -> list[DataError]:
     """The first data file of the section that is not there (one line: a missing folder is many files)."""
-    from hfpipe.data import data_files, shown_path
+    from hfpipe.data import data_files
+    from hfpipe.errors import shown_path
 
     missing = [path for path in data_files(data) if not Path(path).is_file()]
     if not missing:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hfpipe import io
 from hfpipe.errors import RunError
+from hfpipe.formatting import fmt_compact, fmt_seconds
 
 # Keys every run has its own value for: not what makes runs differ.
 NOT_A_DIFFERENCE = ("output_dir", "name")
@@ -174,16 +175,6 @@ def recipe_diff(runs: list[Run]) -> list[tuple[str, list]]:
     return rows
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return "null" if value is None else str(value)
-
-
-def _seconds(value) -> str:
-    return "-" if value is None else f"{value:.1f} s"
-
-
 def summary_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "task", "model", "parameters", "steps", "run time", "training", "best step"]
     rows = []
@@ -198,8 +189,8 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
                 str(model.get("name_or_path") or f"{model.get('architecture')} from config"),
                 f"{params:,}" if params else "-",
                 str(train.get("steps", run.train[-1]["step"] if run.train else "-")),
-                _seconds(train.get("runtime_s")),
-                _seconds(train.get("train_s")),
+                fmt_seconds(train.get("runtime_s")),
+                fmt_seconds(train.get("train_s")),
                 str(run.summary.get("best_step") or "-"),
             ]
         )
@@ -214,7 +205,7 @@ def metric_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
                 keys[(split, name)] = None
     header = ["split", "metric", *(run.name for run in runs)]
     rows = [
-        [split, name, *(_fmt((run.summary.get(split) or {}).get(name, "-")) for run in runs)]
+        [split, name, *(fmt_compact((run.summary.get(split) or {}).get(name, "-")) for run in runs)]
         for split, name in keys
     ]
     return header, rows
@@ -248,7 +239,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     metric_header, metric_rows_ = metric_rows(runs)
     diff = recipe_diff(runs)
     diff_header = ["recipe key", *(run.name for run in runs)]
-    diff_rows = [[key, *(_fmt(v) for v in values)] for key, values in diff]
+    diff_rows = [[key, *(fmt_compact(v) for v in values)] for key, values in diff]
 
     md = [f"# {title}", "", "## Runs", "", *_markdown_table(run_header, run_rows), ""]
     md += ["Run directories: " + ", ".join(f"`{run.path}`" for run in runs), ""]

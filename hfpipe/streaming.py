@@ -14,7 +14,7 @@ import logging
 
 import torch  # imported by training only: `hfpipe validate` never loads this module
 
-from hfpipe.errors import DataError
+from hfpipe.errors import DataError, shown_path
 
 log = logging.getLogger("hfpipe")
 
@@ -27,8 +27,6 @@ def stream_files(paths: list[str]):
     from pathlib import Path
 
     import datasets
-
-    from hfpipe.data import shown_path
 
     kinds = set()
     for path in paths:

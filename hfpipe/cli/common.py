@@ -1,4 +1,4 @@
-"""What every command shares: argument types, error-to-exit-code mapping, logging, tables."""
+"""What every command shares: argument types, error-to-exit-code mapping, logging."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ VerboseOpt = Annotated[
 def setup_logging(verbose: bool = False, quiet: bool = False, json: bool = False) -> None:
     from hfpipe import console
 
-    console.configure(quiet=quiet, json=json, verbose=verbose)
+    console.configure(quiet=quiet, json=json)
     logging.basicConfig(
         handlers=[_StderrHandler()],
         format="hfpipe: %(message)s",
@@ -143,20 +143,3 @@ def setup_logging(verbose: bool = False, quiet: bool = False, json: bool = False
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     # "Removed shared tensor lm_head.weight while saving": tied embeddings, expected for GPT-2.
     logging.getLogger("accelerate").setLevel(logging.ERROR)
-
-
-def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
-    rows = [tuple(str(c) for c in r) for r in rows]
-    if header:
-        rows = [header, *rows]
-    if not rows:
-        return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    if header:
-        lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

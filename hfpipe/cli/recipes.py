@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from hfpipe.cli.common import complete_recipe_or_override, table
+from hfpipe.cli.common import complete_recipe_or_override
+from hfpipe.formatting import table
 
 
 def _split_args(args: list[str]) -> tuple[list[str], list[str]]:

@@ -17,10 +17,10 @@ from hfpipe.cli.common import (
     RecipeArg,
     RunDirArg,
     VerboseOpt,
-    fmt,
     setup_logging,
     user_errors,
 )
+from hfpipe.formatting import fmt
 
 
 def train(
@@ -94,7 +94,7 @@ def train(
             raise typer.Exit(code)
         from hfpipe.api import train as run_train
 
-        run_dir = run_train(loaded, overwrite=overwrite, resume=resume)
+        run_dir = run_train(loaded, overwrite=overwrite, resume=resume, verbose=verbose)
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not per process
             _summary(run_dir)
             if gates:  # the run is saved whatever the gate says
@@ -442,11 +442,11 @@ def fewshot(
         from hfpipe.tasks import get_task, require_command
 
         require_command(get_task(loaded.task), "fewshot", recipe)
-        from hfpipe.api import _quiet_libraries
+        from hfpipe.api import quiet_libraries
         from hfpipe.fewshot import run
 
-        _quiet_libraries()
-        results = run(loaded, limit=limit)
+        quiet_libraries(verbose)
+        results = run(loaded, limit=limit, verbose=verbose)
         rows = []
         for name, entry in results["tasks"].items():
             for k, metrics in entry["summary"].items():
@@ -637,9 +637,7 @@ def attention(
         from hfpipe.attention import attention_maps, write
 
         _, task, model, tokenizer = open_run(run_dir)
-        maps = attention_maps(
-            model, tokenizer, text, text_pair, target, causal=task.peft_task_type == "CAUSAL_LM"
-        )
+        maps = attention_maps(model, tokenizer, text, text_pair, target, causal=task.is_causal)
         for path in write(maps, output, layer, head):
             typer.echo(f"wrote {path}")
 

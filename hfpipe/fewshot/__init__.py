@@ -41,7 +41,7 @@ def render(template: str, row: dict, where: str, extra: dict | None = None) -> s
 
 def load_splits(data, where: str) -> dict[str, list[dict]]:
     """{split: rows} of a few-shot task's data (files, Hub, built-in), without the training rules."""
-    from hfpipe.data import FILE, ROW, _load_files
+    from hfpipe.data import FILE, ROW, load_files
 
     if data.builtin is not None:
         from hfpipe.builtin_data import GENERATORS
@@ -49,9 +49,9 @@ def load_splits(data, where: str) -> dict[str, list[dict]]:
         b = data.builtin
         return dict(GENERATORS[b.name](b.train_size, b.validation_size, b.test_size, b.seed))
     if data.dataset is not None:
-        from hfpipe.data import _load_hub
+        from hfpipe.data import load_hub
 
-        return {k: v.to_list() for k, v in _load_hub(data).items()}
+        return {k: v.to_list() for k, v in load_hub(data).items()}
     out = {}
     for split in ("train", "validation", "test"):
         value = getattr(data, split)
@@ -61,7 +61,7 @@ def load_splits(data, where: str) -> dict[str, list[dict]]:
         if data.format in ("auto", "jsonl") and all(p.endswith(".jsonl") for p in paths):
             out[split] = _read_jsonl(paths)  # no datasets / Arrow round trip: ~2 s less per run
             continue
-        ds = _load_files(paths, data.format, [], [], data.text_unit)
+        ds = load_files(paths, data.format, [], [], data.text_unit)
         out[split] = [{k: v for k, v in row.items() if k not in (ROW, FILE)} for row in ds]
     if not out:
         raise DataError("no data", file=where)
@@ -200,9 +200,9 @@ class Prompts:
 # The model
 
 
-def open_model(name_or_path: str, recipe):
+def open_model(name_or_path: str, recipe, *, verbose: bool = False):
     """(model, tokenizer, kind) for a run directory, local model or Hub name; kind is causal, seq2seq or
-    masked (a masked LM scores by cloze)."""
+    masked (a masked LM scores by cloze). `verbose`: the libraries' own logs and progress bars stay."""
     import transformers
 
     from hfpipe import io
@@ -210,12 +210,14 @@ def open_model(name_or_path: str, recipe):
     path = Path(name_or_path)
     if path.is_dir() and (path / io.RECIPE).exists():  # an hfpipe run (full or adapter)
         from hfpipe.api import open_run
+        from hfpipe.tasks import language_models
 
-        run_recipe, _, model, tokenizer = open_run(path)
-        if run_recipe.task not in ("causal-lm", "generation", "masked-lm", "translation"):
+        _, task, model, tokenizer = open_run(path, verbose=verbose)
+        if not task.language_model:
+            *others, last = language_models()
             raise RecipeError(
-                f"{path} is a {run_recipe.task} run, not a language model: few-shot scoring needs a causal-lm, "
-                "generation, masked-lm or translation run",
+                f"{path} is a {task.name} run, not a language model: few-shot scoring needs a "
+                f"{', '.join(others)} or {last} run",
                 key="model.name_or_path",
             )
     else:
@@ -415,8 +417,9 @@ def score_rolling(model, tokenizer, kind: str, prompts: Prompts, spec) -> tuple[
 
 
 @runlock.scoped
-def run(recipe, *, limit: int | None = None) -> dict:
-    """Evaluate recipe.fewshot on recipe.model.name_or_path; write OUTPUT_DIR/results.json; return it."""
+def run(recipe, *, limit: int | None = None, verbose: bool = False) -> dict:
+    """Evaluate recipe.fewshot on recipe.model.name_or_path; write OUTPUT_DIR/results.json; return it
+    (`verbose`: the libraries' own logs and progress bars stay)."""
     from hfpipe import io
     from hfpipe.tasks import get_task, require_command
 
@@ -424,7 +427,7 @@ def run(recipe, *, limit: int | None = None) -> dict:
     runlock.claim(recipe.output_dir)
     spec = recipe.fewshot
     limit = limit or spec.limit
-    model, tokenizer, kind = open_model(recipe.model.name_or_path, recipe)
+    model, tokenizer, kind = open_model(recipe.model.name_or_path, recipe, verbose=verbose)
     log.info("few-shot: %s (%s LM), k %s, seeds %s", recipe.model.name_or_path, kind, spec.k, spec.seeds)
     results: dict = {
         "model": recipe.model.name_or_path,

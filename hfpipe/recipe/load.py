@@ -226,7 +226,7 @@ def _read_text(path: Path, shown: str, budget: Budget) -> str:
     return decode_utf8(raw, RecipeError, shown)
 
 
-def _read_yaml(path: Path, shown: str, budget: Budget | None = None) -> tuple[dict, dict[Key, int]]:
+def read_yaml(path: Path, shown: str, budget: Budget | None = None) -> tuple[dict, dict[Key, int]]:
     budget = budget or Budget()
     text = _read_text(path, shown, budget)
     try:
@@ -391,7 +391,7 @@ def _load_layers(
         chain = " -> ".join(os.path.relpath(p) for p in (*stack[stack.index(real) :], real))
         raise RecipeError(f"extends cycle: {clip(chain, 300)}", file=shown, key="extends")
     budget.files += 1
-    data, lines = _read_yaml(path, shown, budget)
+    data, lines = read_yaml(path, shown, budget)
     origins: Origins = {k: (shown, line) for k, line in lines.items()}
     _resolve_paths(data, base or path.parent, origins)
     parents = data.pop("extends", None)
