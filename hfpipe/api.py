@@ -39,28 +39,6 @@ def quiet_libraries(verbose: bool) -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
 
 
-def recipe_tokenizer(recipe, task, raw):
-    """The recipe's tokenizer: trained on the training text (deterministic: every process trains the same
-    one), or loaded."""
-    from hfpipe.tokenization import load_tokenizer, pad_with_eos, train_tokenizer
-
-    if recipe.tokenizer.train is not None:
-        return train_tokenizer(
-            task.training_text(raw, recipe),
-            recipe.tokenizer.train,
-            recipe.model.architecture,
-            model_max_length=512,  # set from the model's config once it is built
-        )
-    tokenizer = load_tokenizer(
-        recipe.tokenizer.name_or_path or recipe.model.name_or_path,
-        revision=recipe.model.revision if not recipe.tokenizer.name_or_path else None,
-        trust_remote_code=recipe.model.trust_remote_code,
-        key="tokenizer.name_or_path" if recipe.tokenizer.name_or_path else "model.name_or_path",
-    )
-    pad_with_eos(tokenizer)  # batches of any task pad; GPT-2's tokenizer has no pad token
-    return tokenizer
-
-
 @runlock.scoped
 def train(
     recipe,
@@ -69,29 +47,23 @@ def train(
     resume: bool = False,
     command: str | None = None,
     verbose: bool = False,
+    interactive: bool = False,
+    callbacks=(),
+    clock=None,
 ) -> Path:
-    """Train `recipe` into its output_dir and return the run directory.
+    """Train `recipe` into its output_dir and return the run directory. `interactive`: a live progress bar
+    (a terminal) instead of progress lines; `callbacks` (hfpipe.training.Callback) watch the loop besides the
+    standard ones; `clock` (hfpipe.training.state.Clock) times it.
 
     Under `accelerate launch` every process runs this; only the main process writes the run directory.
     """
-    from hfpipe.adapters import parameter_counts
-    from hfpipe.cache import prepare_split
-    from hfpipe.data import load_raw
-    from hfpipe.models import build_model
-    from hfpipe.recipe import dump_recipe
-    from hfpipe.runner import (
-        TrainingInterrupted,
-        check_trackers,
-        fit,
-        make_accelerator,
-        resolve_metric_for_best,
-    )
+    from hfpipe.assemble import prepare_run
     from hfpipe.tasks import get_task, require_command
-    from hfpipe.tokenization import load_tokenizer
+    from hfpipe.training import make_accelerator
+    from hfpipe.training.trackers import check_installed
 
     quiet_libraries(verbose)
-    task = get_task(recipe.task)
-    require_command(task, "train", recipe.source)
+    require_command(get_task(recipe.task), "train", recipe.source)
     command = command or shlex.join(["hfpipe", *sys.argv[1:]])
     accelerator = make_accelerator(recipe)
     # One writer per run directory: the main process locks it before anything reads or deletes there (a
@@ -99,94 +71,80 @@ def train(
     # --num-processes` the launching process holds it already (runlock.hold_for_launched).
     runlock.claim(recipe.output_dir, command=command, main=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    check_trackers(recipe)
-    main = accelerator.is_main_process
-    if not main:
+    check_installed(recipe)
+    if not accelerator.is_main_process:
         log.setLevel(logging.WARNING)
 
     # Everything that can reject the input runs before the output directory is touched, the cheap checks
     # first: the files and packages the recipe needs, a run directory already in use.
     preflight.check(recipe)
-    resume_from = _resume_point(recipe, explicit=resume, overwrite=overwrite)
-    restart = resume_from is RESTART
-    if restart:
-        resume_from = None
+    resume_from, restart = _resume_point(recipe, explicit=resume, overwrite=overwrite)
     if resume_from is None:
         io.check_output_dir(recipe.output_dir, overwrite=overwrite or restart)
-    raw = load_raw(recipe)
-    head_kwargs = task.configure(raw, recipe)
-    if resume_from is not None:
-        tokenizer = load_tokenizer(str(resume_from / "tokenizer"))  # the one the run started with
-    else:
-        tokenizer = recipe_tokenizer(recipe, task, raw)
-    model = build_model(recipe, task, tokenizer, head_kwargs)
-    if recipe.tokenizer.train is not None and resume_from is None:
-        # A trained tokenizer knows the model's positions (BERT max_position_embeddings, GPT-2 n_positions),
-        # so pipeline(...) on the run directory never truncates past them.
-        tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", None) or 512
-    task.check_model(recipe, model.config)
-    _check_lengths(recipe, model.config)
-    _check_label_smoothing(recipe, model.config)
-    resolve_metric_for_best(recipe, task, model.config)
-    digests = data_fingerprint(recipe)
-    with accelerator.main_process_first():  # the main process fills the cache, the others read it
-        splits = {
-            name: prepare_split(raw, name, tokenizer, model.config, recipe, task, digests)
-            for name in raw.splits
-            if not (name == "train" and recipe.data.streaming)
-        }
-    if recipe.data.streaming:
-        from hfpipe.streaming import PackedStream
+    run = prepare_run(recipe, accelerator=accelerator, resume_from=resume_from)
+    run_dir = _open_run_dir(run, accelerator, fresh=resume_from is None, overwrite=overwrite or restart)
+    result = _fit(run, run_dir, accelerator, resume_from, command, interactive, callbacks, clock)
+    _finish_run(run, result, run_dir, accelerator, command)
+    return run_dir
 
-        splits["train"] = PackedStream(
-            raw.splits["train"],
-            tokenizer,
-            recipe.data.columns.text,
-            recipe.data.max_length,
-            recipe.train.seed,
-            recipe.data.shuffle_buffer,
-        )
 
+def _open_run_dir(run, accelerator, *, fresh: bool, overwrite: bool) -> Path:
+    """The run directory, created (or emptied, with `overwrite`) for a fresh run, with the resolved recipe;
+    the data's fingerprint and an adapter's base, which a resume checks, when it starts."""
+    from hfpipe.assemble import DATA_FINGERPRINT
+    from hfpipe.recipe import dump_recipe
+
+    recipe = run.recipe
     # What the run reads must survive --overwrite: the recipe, the data, a local base model or tokenizer.
-    protected = [recipe.source or ""] + [f for f in raw.files]
+    protected = [recipe.source or "", *run.raw.files]
     protected += [
         p for p in (recipe.model.name_or_path, recipe.tokenizer.name_or_path) if p and Path(p).is_dir()
     ]
-    if main and resume_from is None:
-        io.prepare_output_dir(
-            recipe.output_dir, overwrite=overwrite or restart, protected=tuple(p for p in protected if p)
-        )
-        io.write_json(Path(recipe.output_dir) / DATA_FINGERPRINT, digests)
+    out = Path(recipe.output_dir)
+    if accelerator.is_main_process and fresh:
+        io.prepare_output_dir(out, overwrite=overwrite, protected=tuple(p for p in protected if p))
+        io.write_json(out / DATA_FINGERPRINT, run.digests)
         if recipe.peft is not None:  # the base the run starts from: a resume must find the same one
             from hfpipe.adapters import BASE_RECORD, base_record
 
-            io.write_json(Path(recipe.output_dir) / BASE_RECORD, base_record(model, recipe))
-    if main:  # on resume too: the train section may have changed (e.g. more steps)
-        io.atomic_write_text(Path(recipe.output_dir) / io.RECIPE, dump_recipe(recipe))
+            io.write_json(out / BASE_RECORD, base_record(run.model, recipe))
+    if accelerator.is_main_process:  # on resume too: the train section may have changed (e.g. more steps)
+        io.atomic_write_text(out / io.RECIPE, dump_recipe(recipe))
     accelerator.wait_for_everyone()
-    run_dir = Path(recipe.output_dir).resolve()
+    return out.resolve()
+
+
+def _fit(run, run_dir: Path, accelerator, resume_from, command: str, interactive: bool, callbacks, clock):
+    """The loop over the prepared run; an interrupted one says the command that resumes it."""
+    from hfpipe.training import TrainingInterrupted, fit
+
     try:
-        result = fit(
-            recipe,
-            task,
-            model,
-            tokenizer,
-            splits["train"],
-            splits.get("validation"),
+        return fit(
+            run.recipe,
+            run.task,
+            run.model,
+            run.tokenizer,
+            run.splits["train"],
+            run.splits.get("validation"),
             run_dir,
             accelerator,
             resume_from=resume_from,
+            callbacks=callbacks,
+            clock=clock,
+            interactive=interactive,
         )
     except TrainingInterrupted as exc:
         words = [w for w in command.split() if w != "--overwrite"]
         resume_command = " ".join(words if "--resume" in words else [*words, "--resume"])
         raise TrainingInterrupted(exc.signal_name, exc.step, resume_command) from None
 
-    extra = {}  # adapter runs: base_model.json names the base model the adapter needs
-    if recipe.peft is not None:
-        from hfpipe.adapters import BASE_RECORD, base_record
 
-        extra[BASE_RECORD] = base_record(result.model, recipe)
+def _finish_run(run, result, run_dir: Path, accelerator, command: str) -> None:
+    """After training: score the test split (or predict it when unlabelled) with the best model, export
+    it with its tokenizer, write metrics.json and the model card."""
+    from hfpipe.adapters import BASE_RECORD, base_record, parameter_counts
+
+    recipe, task, tokenizer, splits = run.recipe, run.task, run.tokenizer, run.splits
     metrics: dict = {
         "task": task.name,
         "parameters": parameter_counts(result.model),
@@ -216,16 +174,17 @@ def train(
     if task.writes_outputs and splits.get("validation") is not None:
         written["validation"] = {}
         score(result.model, tokenizer, splits["validation"], task, recipe, accelerator, written["validation"])
-    if main:
+    if accelerator.is_main_process:
         for split_name, files in written.items():
             _write_outputs(run_dir, files, prefix=f"{split_name}_")
         if test is not None and not labelled:
-            _write_test_predictions(result.model, tokenizer, raw, task, recipe, run_dir)
+            _write_test_predictions(result.model, tokenizer, run.raw, task, recipe, run_dir)
+        # adapter runs: base_model.json names the base model the adapter needs
+        extra = {BASE_RECORD: base_record(result.model, recipe)} if recipe.peft is not None else {}
         io.export_model(result.model, tokenizer, run_dir, extra=extra)
         io.write_json(run_dir / io.METRICS, metrics)
         io.atomic_write_text(run_dir / io.CARD, io.model_card(recipe, task, metrics, command))
     accelerator.wait_for_everyone()
-    return run_dir
 
 
 # Sections that define what is trained; resuming with any of them changed would mix two runs.
@@ -238,33 +197,46 @@ _ORDER_DEFINING = (
     "seed",
     "group_by_length",
 )
-RESTART = Path("/")  # sentinel of _resume_point: start again in our own unfinished run directory
 
 
-def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from (--resume or train.resume: auto), or None to start afresh."""
+def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> tuple[Path | None, bool]:
+    """(the checkpoint to resume from, or None to start afresh; whether to start again in our own run
+    directory, stopped before its first checkpoint), for --resume or train.resume: auto."""
     import shutil
 
-    from hfpipe.errors import RecipeError
-    from hfpipe.recipe.load import read_yaml
-    from hfpipe.runner import latest_checkpoint
+    from hfpipe.training import latest_checkpoint
 
     if explicit and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
     if overwrite or not (explicit or recipe.train.resume == "auto"):
-        return None  # --overwrite wins over train.resume: auto
+        return None, False  # --overwrite wins over train.resume: auto
     run_dir = Path(recipe.output_dir).resolve()
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         if (run_dir / io.MARKER).exists() and not any((run_dir / n).exists() for n in io.LOADABLE):
             log.warning("%s: the run stopped before its first checkpoint; starting it again", run_dir)
-            return RESTART
+            return None, True
         if explicit and run_dir.is_dir() and io.holds_files(run_dir):
             raise UsageError(
                 f"{run_dir} holds no complete checkpoint to resume from (set train.save_every)",
                 key="output_dir",
             )
-        return None  # nothing to resume: a fresh start
+        return None, False  # nothing to resume: a fresh start
+    _check_unchanged(recipe, run_dir)
+    for partial in [*(run_dir / io.CHECKPOINTS).glob(".tmp-*"), *(run_dir / io.CHECKPOINTS).glob(".old-*")]:
+        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint that a crash cut short
+    return checkpoint, False
+
+
+def _check_unchanged(recipe, run_dir: Path) -> None:
+    """A resume needs the run's recipe (what defines the run and its order of examples), its adapter's base
+    and its data as they were."""
+    import json
+
+    from hfpipe.assemble import DATA_FINGERPRINT, data_fingerprint
+    from hfpipe.errors import RecipeError
+    from hfpipe.recipe.load import read_yaml
+
     saved, _ = read_yaml(run_dir / io.RECIPE, str(run_dir / io.RECIPE))
     current = recipe.model_dump(mode="json")
     changed = [k for k in _RUN_DEFINING if saved.get(k) != current.get(k)]
@@ -278,8 +250,6 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
         )
     base = run_dir / "base_model.json"
     if recipe.peft is not None and base.exists():
-        import json
-
         from hfpipe.adapters import base_changed
 
         if base_changed(json.loads(base.read_text()), recipe.model.name_or_path):
@@ -290,8 +260,6 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
             )
     fingerprint = run_dir / DATA_FINGERPRINT
     if fingerprint.exists():
-        import json
-
         before = json.loads(fingerprint.read_text())
         for path, digest in data_fingerprint(recipe).items():
             if before.get(path) != digest:
@@ -300,77 +268,6 @@ def _resume_point(recipe, *, explicit: bool, overwrite: bool) -> Path | None:
                     "(or start a new run with --overwrite)",
                     file=path,
                 )
-    for partial in [*(run_dir / io.CHECKPOINTS).glob(".tmp-*"), *(run_dir / io.CHECKPOINTS).glob(".old-*")]:
-        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint that a crash cut short
-    return checkpoint
-
-
-DATA_FINGERPRINT = "data_fingerprint.json"
-
-
-def data_fingerprint(recipe) -> dict[str, str]:
-    """sha256 of every data file the recipe reads (built-in and Hub data are defined by the recipe)."""
-    import hashlib
-
-    from hfpipe.data import data_files
-
-    out = {}
-    for path in data_files(recipe.data):
-        with open(path, "rb") as f:
-            out[path] = hashlib.file_digest(f, "sha256").hexdigest()
-    return out
-
-
-def _check_lengths(recipe, config) -> None:
-    limit = getattr(config, "max_position_embeddings", None)
-    peft = recipe.peft
-    if (
-        limit is not None
-        and peft is not None
-        and peft.method == "prefix-tuning"
-        and not config.is_encoder_decoder
-    ):
-        limit -= peft.num_virtual_tokens  # a decoder's prefix takes positions before the text
-    if limit is not None and config.is_encoder_decoder and recipe.generation.max_new_tokens > limit:
-        from hfpipe.errors import RecipeError
-
-        raise RecipeError(
-            f"{recipe.generation.max_new_tokens} is more than the decoder's max_position_embeddings ({limit})",
-            key="generation.max_new_tokens",
-        )
-    for key in ("max_length", "max_target_length"):
-        value = getattr(recipe.data, key)
-        if limit is not None and value is not None and value > limit:
-            from hfpipe.errors import RecipeError
-
-            raise RecipeError(
-                f"{value} is more than the model's max_position_embeddings ({limit})"
-                + (
-                    " left after the prefix-tuning virtual tokens"
-                    if peft is not None and peft.method == "prefix-tuning"
-                    else ""
-                ),
-                key=f"data.{key}",
-            )
-
-
-def _check_label_smoothing(recipe, config) -> None:
-    from hfpipe.tasks import get_task
-
-    if not recipe.train.label_smoothing:
-        return
-    task = get_task(recipe.task)
-    reason = (
-        f"label smoothing applies to classes and tokens, not {task.unsmoothable_labels}"
-        if task.unsmoothable_labels
-        else "label smoothing needs classes, and this is a regression head"
-        if getattr(config, "problem_type", None) == "regression"
-        else None
-    )
-    if reason:
-        from hfpipe.errors import RecipeError
-
-        raise RecipeError(reason, key="train.label_smoothing")
 
 
 def _write_outputs(directory: Path, files: dict, prefix: str = "") -> None:
@@ -401,23 +298,17 @@ def score(model, tokenizer, dataset, task, recipe, accelerator=None, outputs: di
     """The task's metrics of `model` on a prepared dataset; `outputs` receives the files a task writes
     (question-answering: predictions.json, nbest_predictions.json)."""
     from accelerate import Accelerator
-    from torch.utils.data import DataLoader
 
-    from hfpipe.runner import eval_batches, split_lengths
+    from hfpipe.training.batching import eval_loader
 
     accelerator = accelerator or Accelerator()
     if recipe.generation.eval_samples:  # a limit is for evaluations during training; a score uses all rows
         recipe = recipe.model_copy(
             update={"generation": recipe.generation.model_copy(update={"eval_samples": None})}
         )
-    dataset, lengths = split_lengths(dataset)
-    # per process, as in training: under split_batches each batch is cut between the processes
-    batch_size = (recipe.train.eval_batch_size or 2 * recipe.train.batch_size) * accelerator.num_processes
-    dl = DataLoader(
-        dataset,
-        batch_sampler=eval_batches(lengths, batch_size),
-        collate_fn=task.collator(tokenizer, recipe, train=False),
-    )
+    # batches per process as in training: under split_batches each batch is cut between the processes
+    collate = task.collator(tokenizer, recipe, train=False)
+    dl = eval_loader(dataset, collate, recipe.train, accelerator.num_processes)
     model, dl = accelerator.prepare(model, dl)
     extra = {"outputs": outputs} if outputs is not None and task.writes_outputs else {}
     return task.evaluate(model, dl, accelerator, recipe, tokenizer=tokenizer, **extra)

@@ -16,73 +16,59 @@ import math
 import time
 
 
-def _meta_model(recipe, task, tokenizer, head_kwargs):
-    """The recipe's model on the meta device: a config (downloaded or local), never weights."""
-    import torch
-
-    with torch.device("meta"):
-        return _random_model(recipe, task, tokenizer, head_kwargs)
-
-
-def _random_model(recipe, task, tokenizer, head_kwargs, config=None):
-    """The recipe's model with random weights, on the current default device (meta for the counts; the CPU
-    or GPU for timing): built as training builds it for `architecture`; for a pretrained name from its
-    config (`config`, or loaded), weights never loaded; with the recipe's adapter."""
-    from hfpipe.models import attention_kwargs, build_model, pretrained_config
-
-    if recipe.model.architecture:
-        return build_model(recipe, task, tokenizer, head_kwargs)
-    config = config or pretrained_config(recipe.model, head_kwargs)
-    model = task.auto_class.from_config(
-        config, trust_remote_code=recipe.model.trust_remote_code, **attention_kwargs(recipe.model)
-    )
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    if recipe.peft is not None:
-        from hfpipe.adapters import wrap
-
-        model = wrap(model, recipe, task, new_modules=[])
-    return model
-
-
 def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1, verbose: bool = False) -> dict:
     """Everything `hfpipe plan` prints, as a dict (its --json)."""
-    from hfpipe.api import (
-        _check_label_smoothing,
-        _check_lengths,
-        data_fingerprint,
-        quiet_libraries,
-        recipe_tokenizer,
-    )
-    from hfpipe.cache import prepare_split
-    from hfpipe.data import load_raw
-    from hfpipe.recipe import dump_recipe
-    from hfpipe.runner import BatchSampler, resolve_metric_for_best, split_lengths
+    from hfpipe.api import quiet_libraries
+    from hfpipe.assemble import prepare_run
     from hfpipe.tasks import get_task, require_command
 
     quiet_libraries(verbose)
     started = time.perf_counter()
-    task = get_task(recipe.task)
-    require_command(task, "train", recipe.source, used="plan")
-    raw = load_raw(recipe)
-    head_kwargs = task.configure(raw, recipe)
-    tokenizer = recipe_tokenizer(recipe, task, raw)
-    model = _meta_model(recipe, task, tokenizer, head_kwargs)
-    config = model.config
-    if recipe.tokenizer.train is not None:
-        tokenizer.model_max_length = getattr(config, "max_position_embeddings", None) or 512
-    _check_lengths(recipe, config)
-    _check_label_smoothing(recipe, config)
-    resolve_metric_for_best(recipe, task, config)
+    require_command(get_task(recipe.task), "train", recipe.source, used="plan")
+    run = prepare_run(recipe, model="meta")  # the run training would assemble, with a model of no weights
+    plan = _described(run)
+    schedule, sampler = _batching(run, processes, plan)
+    validation = run.splits.get("validation")
+    # As the loop: no evaluation without validation examples; else at each epoch's end or every N steps, and
+    # always at the end
+    evaluations = (
+        schedule.evaluations(recipe.train.eval_every) if validation is not None and len(validation) else 0
+    )
+    plan["evaluations"] = evaluations
+    plan["prepared_in_s"] = round(time.perf_counter() - started, 2)
 
+    skip = _timing_skipped(plan["model"]["parameters"])
+    if skip:
+        plan["timing_skipped"] = skip
+    elif timing_steps and sampler is not None and schedule.total_steps:
+        plan["timing"] = _time_steps(run, sampler, processes, timing_steps)
+        step_s = plan["timing"]["step_s"]
+        settings = recipe.train
+        eval_size = (settings.eval_batch_size or 2 * settings.batch_size) * processes
+        eval_batches = math.ceil(len(validation) / eval_size) if validation else 0
+        eval_s = evaluations * eval_batches * plan["timing"].get("eval_batch_s", 0.0)
+        plan["estimate_s"] = {
+            "training": round(schedule.total_steps * step_s, 1),
+            "evaluation": round(eval_s, 1),
+            "total": round(schedule.total_steps * step_s + eval_s, 1),
+        }
+    return plan
+
+
+def _described(run) -> dict:
+    """The recipe, the model (counted on the meta device), the tokenizer, and each split as the task sees it."""
+    from hfpipe.recipe import dump_recipe
+    from hfpipe.training.batching import is_stream
+
+    recipe, model, tokenizer = run.recipe, run.model, run.tokenizer
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    plan: dict = {
+    return {
         "recipe": dump_recipe(recipe),
         "task": recipe.task,
         "model": {
             "source": recipe.model.name_or_path or f"{recipe.model.architecture} built from config",
-            "type": config.model_type,
+            "type": model.config.model_type,
             "parameters": total,
             "trainable": trainable,
             "adapter": recipe.peft.method if recipe.peft is not None else None,
@@ -95,84 +81,49 @@ def make_plan(recipe, *, timing_steps: int = 5, processes: int = 1, verbose: boo
             if recipe.tokenizer.train is not None
             else (recipe.tokenizer.name_or_path or recipe.model.name_or_path),
         },
-        "splits": {},
+        "splits": {
+            name: run.task.split_stats(run.raw, name, tokenizer, recipe, split, model.config)
+            for name, split in run.splits.items()
+            if not is_stream(split)
+        },
     }
-    digests = data_fingerprint(recipe)
-    streaming = recipe.data.streaming
-    prepared = {
-        name: prepare_split(raw, name, tokenizer, config, recipe, task, digests)
-        for name in raw.splits
-        if not (name == "train" and streaming)
-    }
-    for name, split in prepared.items():
-        plan["splits"][name] = task.split_stats(raw, name, tokenizer, recipe, split, config)
 
-    spec = recipe.train
-    accumulation = spec.accumulation(processes)
-    global_batch = spec.batch_size * processes * accumulation
+
+def _batching(run, processes: int, plan: dict):
+    """(the run's Schedule, its training sampler or None for a stream); plan["batching"]: the global batch,
+    the steps, and the padding of the batches training draws."""
+    from hfpipe.training.batching import BatchSampler, is_stream, split_lengths
+    from hfpipe.training.schedule import Schedule
+
+    settings, train = run.recipe.train, run.splits["train"]
+    accumulation = settings.accumulation(processes)
     batching: dict = {
-        "batch_size_per_process": spec.batch_size,
+        "batch_size_per_process": settings.batch_size,
         "processes": processes,
         "accumulation": accumulation,
-        "global_batch": global_batch,
+        "global_batch": settings.batch_size * processes * accumulation,
     }
-    train = prepared.get("train")
-    if train is not None:
-        _, lengths = split_lengths(train)
-        sampler = BatchSampler(
-            lengths, spec.batch_size * processes, spec.seed, spec.group_by_length, accumulation
-        )
-        steps_per_epoch = math.ceil(len(lengths) / global_batch)
-        total_steps = spec.max_steps or math.ceil(spec.epochs * steps_per_epoch)
-        padded = not task.packed
-        batching |= {
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            "epochs": round(total_steps / steps_per_epoch, 3),
-            "warmup_steps": spec.warmup_steps
-            if spec.warmup_steps is not None
-            else math.ceil(spec.warmup_ratio * total_steps),
-        }
-        if padded:
-            batching["padding_fraction"] = round(sampler.padding_fraction(), 4)
-            if spec.group_by_length:
-                batching["padding_fraction_without_grouping"] = round(
-                    BatchSampler(lengths, spec.batch_size * processes, spec.seed, False).padding_fraction(), 4
-                )
-    else:
-        total_steps = spec.max_steps
-        batching |= {"total_steps": total_steps, "steps_per_epoch": None}
     plan["batching"] = batching
-    validation = prepared.get("validation")
-    # As the runner: no evaluation without validation examples or with eval_every: never; otherwise at each
-    # epoch's end / every N steps, and always at the end.
-    evaluations = 0
-    if validation is not None and len(validation) and spec.eval_every != "never" and total_steps:
-        per_epoch = batching.get("steps_per_epoch")
-        if spec.eval_every == "epoch":
-            evaluations = math.ceil(total_steps / per_epoch) if per_epoch else 1
-        else:
-            evaluations = total_steps // spec.eval_every + (total_steps % spec.eval_every != 0)
-    plan["evaluations"] = evaluations
-    plan["prepared_in_s"] = round(time.perf_counter() - started, 2)
-
-    skip = _timing_skipped(total)
-    if skip:
-        plan["timing_skipped"] = skip
-    elif timing_steps and train is not None and total_steps:
-        plan["timing"] = _time_steps(
-            recipe, task, tokenizer, head_kwargs, config, train, validation, sampler, timing_steps
-        )
-        step_s = plan["timing"]["step_s"]
-        eval_size = (spec.eval_batch_size or 2 * spec.batch_size) * processes
-        eval_batches = math.ceil(len(validation) / eval_size) if validation else 0
-        eval_s = evaluations * eval_batches * plan["timing"].get("eval_batch_s", 0.0)
-        plan["estimate_s"] = {
-            "training": round(total_steps * step_s, 1),
-            "evaluation": round(eval_s, 1),
-            "total": round(total_steps * step_s + eval_s, 1),
-        }
-    return plan
+    if is_stream(train):
+        schedule = Schedule.of(settings, None, accumulation)
+        batching |= {"total_steps": schedule.total_steps, "steps_per_epoch": None}
+        return schedule, None
+    _, lengths = split_lengths(train)
+    size = settings.batch_size * processes
+    sampler = BatchSampler(lengths, size, settings.seed, settings.group_by_length, accumulation)
+    schedule = Schedule.of(settings, len(sampler), accumulation)
+    batching |= {
+        "steps_per_epoch": schedule.steps_per_epoch,
+        "total_steps": schedule.total_steps,
+        "epochs": round(schedule.epochs_run, 3),
+        "warmup_steps": schedule.warmup_steps,
+    }
+    if not run.task.packed:
+        batching["padding_fraction"] = round(sampler.padding_fraction(), 4)
+        if settings.group_by_length:
+            ungrouped = BatchSampler(lengths, size, settings.seed, False).padding_fraction()
+            batching["padding_fraction_without_grouping"] = round(ungrouped, 4)
+    return schedule, sampler
 
 
 def _timing_skipped(parameters: int) -> str | None:
@@ -193,28 +144,35 @@ def _timing_skipped(parameters: int) -> str | None:
     return None
 
 
-def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation, sampler, steps: int) -> dict:
+def _time_steps(run, sampler, processes: int, steps: int) -> dict:
     """Seconds per optimizer step of one process (its share of the global batch: batch_size per pass,
-    accumulation passes; forward, backward, clipping, fused AdamW; on the device and precision training
-    uses) over `steps` steps spread over the epoch's batches, after a warm-up step; and seconds per
-    evaluation batch (forward only)."""
+    accumulation passes), over `steps` steps spread over the epoch's batches after a warm-up step, taken by
+    training's own TrainStep on a randomly initialised copy of the model (the device, precision and kernels
+    training uses); and seconds per evaluation batch (forward only)."""
     import copy
 
     import torch
 
-    from hfpipe.kernels import FastKernels, scale_and_clip_
-    from hfpipe.runner import _optimizer, make_accelerator, split_lengths
+    from hfpipe.assemble import make_model
+    from hfpipe.kernels import FastKernels
+    from hfpipe.training import make_accelerator
+    from hfpipe.training.batching import split_lengths
+    from hfpipe.training.state import TrainState
+    from hfpipe.training.step import TrainStep, make_optimizer
 
-    accelerator = make_accelerator(recipe)
-    model = _random_model(recipe, task, tokenizer, head_kwargs, copy.deepcopy(config)).to(accelerator.device)
+    recipe, task, settings = run.recipe, run.task, run.recipe.train
+    accelerator = make_accelerator(recipe, processes=processes)  # the accumulation of `processes`
+    config = copy.deepcopy(run.model.config)
+    model = make_model(recipe, task, run.tokenizer, run.head_kwargs, "random", config).to(accelerator.device)
     model.train()
-    optimizer = _optimizer(model, recipe.train)
-    collate = task.collator(tokenizer, recipe)
-    train, _ = split_lengths(train)
-    step_batches = sampler.step_batches()
-    chosen = [step_batches[round(i * (len(step_batches) - 1) / max(steps, 1))] for i in range(steps + 1)]
+    optimizer = make_optimizer(model, settings)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    collate = task.collator(run.tokenizer, recipe)
+    train, _ = split_lengths(run.splits["train"])
+    full = [b for b in sampler.step_batches() if len(b) == sampler.batch_size * sampler.accumulation]
+    full = full or sampler.step_batches()  # whole steps keep the accumulation count in step
+    chosen = [full[round(i * (len(full) - 1) / max(steps, 1))] for i in range(steps + 1)]
     size = sampler.batch_size  # a pass of all processes: this process takes the first share of it
-    share = recipe.train.batch_size
 
     def on_device(batch):
         return {k: v.to(accelerator.device) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -223,23 +181,17 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
 
-    trained = [p for p in model.parameters() if p.requires_grad]
+    # the kernels training (and its evaluations) will run; undone by itself if it cannot start
+    kernels = FastKernels(model, settings, accelerator, attention=recipe.model.attn_implementation)
+    step, state = TrainStep(model, optimizer, None, accelerator, task, settings, kernels), TrainState()
 
     def one_step(indices) -> None:
         for start in range(0, len(indices), size):
-            batch = on_device(collate(train.__getitems__(indices[start : start + size][:share])))
-            with accelerator.autocast():
-                loss = model(**batch).loss
-            loss.backward()
-        if kernels.foreach_grads:
-            scale_and_clip_(trained, None, recipe.train.max_grad_norm, optimizer)
-        elif recipe.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            step(
+                on_device(collate(train.__getitems__(indices[start : start + size][: settings.batch_size]))),
+                state,
+            )
 
-    # the kernels training (and its evaluations) will run; undone by itself if it cannot start
-    kernels = FastKernels(model, recipe.train, accelerator, attention=recipe.model.attn_implementation)
     try:
         one_step(chosen[0])  # warm-up: allocator, kernels
         synchronize()
@@ -247,32 +199,41 @@ def _time_steps(recipe, task, tokenizer, head_kwargs, config, train, validation,
         for indices in chosen[1:]:
             one_step(indices)
         synchronize()
-        step_s = (time.perf_counter() - began) / steps
         out = {
             "steps_timed": steps,
-            "step_s": round(step_s, 4),
+            "step_s": round((time.perf_counter() - began) / steps, 4),
             "device": str(accelerator.device),
-            "precision": recipe.train.precision,
+            "precision": settings.precision,
             "threads": torch.get_num_threads(),
         }
+        validation = run.splits.get("validation")
         if validation is not None and len(validation):
-            eval_collate = task.collator(tokenizer, recipe, train=False)
-            validation, _ = split_lengths(validation)
-            size = recipe.train.eval_batch_size or 2 * recipe.train.batch_size
-            batches = [
-                list(range(i, min(i + size, len(validation))))
-                for i in range(0, min(len(validation), 2 * size), size)
-            ]
-            model.eval()
-            began = time.perf_counter()
-            with torch.no_grad(), accelerator.autocast():
-                for indices in batches:
-                    model(**on_device(eval_collate(validation.__getitems__(indices))))
-            synchronize()
-            out["eval_batch_s"] = round((time.perf_counter() - began) / len(batches), 4)
+            out["eval_batch_s"] = _time_evaluation(model, task, run, validation, on_device, synchronize)
     finally:
         kernels.restore()  # PyTorch's dropout again (bulk masks replace it process-wide)
     return out
+
+
+def _time_evaluation(model, task, run, validation, on_device, synchronize) -> float:
+    """Seconds per evaluation batch: a forward pass of two batches of the evaluation size."""
+    import torch
+
+    from hfpipe.training.batching import split_lengths
+
+    settings = run.recipe.train
+    collate = task.collator(run.tokenizer, run.recipe, train=False)
+    validation, _ = split_lengths(validation)
+    size = settings.eval_batch_size or 2 * settings.batch_size
+    batches = [
+        list(range(i, min(i + size, len(validation)))) for i in range(0, min(len(validation), 2 * size), size)
+    ]
+    model.eval()
+    began = time.perf_counter()
+    with torch.no_grad():
+        for indices in batches:
+            model(**on_device(collate(validation.__getitems__(indices))))
+    synchronize()
+    return round((time.perf_counter() - began) / len(batches), 4)
 
 
 def render(plan: dict, full_recipe: bool = False) -> str:

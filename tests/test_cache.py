@@ -43,7 +43,7 @@ def setup(tmp_path, monkeypatch):
 
 
 def _prepare(recipe, tokenizer, task):
-    from hfpipe.api import data_fingerprint
+    from hfpipe.assemble import data_fingerprint
 
     return prepare_split(load_raw(recipe), "train", tokenizer, None, recipe, task, data_fingerprint(recipe))
 
@@ -162,8 +162,8 @@ def _task_inputs(name: str, tmp_path, *overrides):
     """(recipe, raw data, tokenizer, model config) for the task's bundled recipe, shrunk."""
     import transformers
 
-    from hfpipe.api import recipe_tokenizer
     from hfpipe.architectures import ARCHITECTURES
+    from hfpipe.assemble import recipe_tokenizer
 
     file, shrink = PREPARED[name]
     recipe = load_recipe(

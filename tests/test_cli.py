@@ -196,7 +196,9 @@ def test_every_command_gives_one_message_for_a_recipe_of_another_command(cli):
             "not `hfpipe " + command + "`"
         )
     result = cli("fewshot", "quickstart")
-    assert result.exit_code == 2 and "runs with `hfpipe train quickstart`, not `hfpipe fewshot`" in result.output
+    assert (
+        result.exit_code == 2 and "runs with `hfpipe train quickstart`, not `hfpipe fewshot`" in result.output
+    )
 
 
 def test_an_unknown_task_suggests_only_a_typo_and_lists_the_tasks(cli):

@@ -135,7 +135,7 @@ def test_global_batch_size_derives_the_accumulation(tmp_path, cli):
 
 
 def test_batches_of_a_step_are_one_draw_cut_into_passes():
-    from hfpipe.runner import BatchSampler
+    from hfpipe.training.batching import BatchSampler
 
     lengths = [(i * 37) % 50 + 1 for i in range(203)]
     for grouped in (True, False):

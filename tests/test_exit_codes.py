@@ -12,7 +12,7 @@ import re
 from conftest import RECIPES, ROOT
 
 from hfpipe import errors
-from hfpipe.runner import TrainingInterrupted
+from hfpipe.training import TrainingInterrupted
 
 CONTRACT = {0: None, 1: errors.HfpipeError, 2: errors.RecipeError, 3: errors.DataError}
 CONTRACT |= {4: errors.TrainingError, 5: errors.GateFailed, 130: TrainingInterrupted}

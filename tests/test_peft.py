@@ -12,7 +12,6 @@ from test_masked_lm import TINY_MLM
 from test_question_answering import TINY_QA
 from test_translation import TINY_T5
 
-from hfpipe import runner
 from hfpipe.adapters import max_output_difference, probe_inputs
 from hfpipe.api import (
     answer_run,
@@ -26,6 +25,7 @@ from hfpipe.api import (
 )
 from hfpipe.errors import RecipeError, RunError
 from hfpipe.recipe import load_recipe
+from hfpipe.training import Callback
 
 # A bundled recipe turned into an adapter recipe: the base model (and its tokenizer) replace the
 # architecture built from config.
@@ -62,20 +62,15 @@ def prefix_recipe(base, tmp_path, virtual_tokens: int, *overrides, out="lora"):
     )
 
 
-def train_keeping_model(recipe, monkeypatch):
-    """(run directory, the trained model as fit() returned it)."""
+def train_keeping_model(recipe):
+    """(run directory, the trained model as training returned it)."""
     kept = {}
-    real_fit = runner.fit
 
-    def fit(*args, **kwargs):
-        result = real_fit(*args, **kwargs)
-        kept["model"] = result.model
-        return result
+    class Keep(Callback):
+        def on_train_end(self, loop):
+            kept["model"] = loop.final_model
 
-    monkeypatch.setattr(runner, "fit", fit)
-    run = train(recipe)
-    monkeypatch.setattr(runner, "fit", real_fit)
-    return run, kept["model"]
+    return train(recipe, callbacks=[Keep()]), kept["model"]
 
 
 def train_losses(run):
@@ -146,12 +141,11 @@ CASES = {
 
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_lora_on_every_head(task, request, tmp_path, monkeypatch):
-    from hfpipe.models import auto_class
     from hfpipe.tasks import get_task
 
     recipe_file, tiny, base_fixture, extra = CASES[task]
     base = request.getfixturevalue(base_fixture)
-    run, trained = train_keeping_model(adapter_recipe(recipe_file, tiny, base, tmp_path, *extra), monkeypatch)
+    run, trained = train_keeping_model(adapter_recipe(recipe_file, tiny, base, tmp_path, *extra))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == task
 
@@ -161,9 +155,7 @@ def test_lora_on_every_head(task, request, tmp_path, monkeypatch):
 
     # Only the adapter (and the head) changed: every base weight equals the checkpoint's.
     inner = trained.get_base_model()
-    fresh = auto_class(get_task(task)).from_pretrained(
-        base, config=inner.config, ignore_mismatched_sizes=True
-    )
+    fresh = get_task(task).auto_class.from_pretrained(base, config=inner.config, ignore_mismatched_sizes=True)
     reference = fresh.state_dict()
     adapted = compared = 0
     for name, param in inner.named_parameters():
@@ -213,7 +205,7 @@ def test_lora_on_every_head(task, request, tmp_path, monkeypatch):
     # Merged: a standalone model directory with the same outputs (to 1e-5), loadable by plain transformers.
     merged, difference = merge_run(run, tmp_path / "merged")
     assert difference <= 1e-5
-    plain = auto_class(get_task(task)).from_pretrained(merged).eval()
+    plain = get_task(task).auto_class.from_pretrained(merged).eval()
     with torch.no_grad():
         assert max_output_difference(before, plain(**probe)) <= 1e-5
 

@@ -9,7 +9,7 @@ import numpy as np
 from conftest import RECIPES, TINY, TINY_GPT2
 
 from hfpipe.recipe import load_recipe
-from hfpipe.runner import BatchSampler
+from hfpipe.training.batching import BatchSampler
 
 SMALL = [*TINY, "data.builtin.train_size=500", "data.builtin.validation_size=64", "data.builtin.test_size=64"]
 
@@ -25,7 +25,7 @@ def test_classification_plan_matches_the_data_the_batches_and_the_run(cli, tmp_p
     plan = plan_json(cli, "quickstart.yaml", *SMALL, "data.max_length=12", f"output_dir={out}")
     assert not out.exists()  # plan touches no output directory
 
-    from hfpipe.api import recipe_tokenizer
+    from hfpipe.assemble import recipe_tokenizer
     from hfpipe.data import load_raw
     from hfpipe.tasks import get_task
 

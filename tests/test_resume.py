@@ -119,9 +119,6 @@ def test_sigterm_saves_and_resume_finishes_the_same(unbroken, tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cli):
-    from hfpipe import runner
-
-    runner._NAN_FIRED.clear()
     out = tmp_path / "run"
     os.environ["HFPIPE_FAULT"] = "nan:7"
     try:
@@ -135,11 +132,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cli):
 
 
 def test_nonfinite_loss_skip(tmp_path):
-    from hfpipe import runner
     from hfpipe.api import train
     from hfpipe.recipe import load_recipe
 
-    runner._NAN_FIRED.clear()
     os.environ["HFPIPE_FAULT"] = "nan:3"
     try:
         run = train(

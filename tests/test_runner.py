@@ -10,10 +10,10 @@ from conftest import RECIPES, TINY
 from hfpipe.api import train
 from hfpipe.errors import RecipeError
 from hfpipe.recipe import load_recipe
-from hfpipe.runner import BatchSampler, eval_batches
+from hfpipe.training.batching import BatchSampler, eval_batches
 
 
-def _run(tmp_path, *overrides, name="run"):
+def _run(tmp_path, *overrides, name="run", **train_options):
     recipe = load_recipe(
         RECIPES / "quickstart.yaml",
         [
@@ -25,7 +25,7 @@ def _run(tmp_path, *overrides, name="run"):
             f"output_dir={tmp_path / name}",
         ],
     )
-    run = train(recipe)
+    run = train(recipe, **train_options)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return run, json.loads((run / "metrics.json").read_text()), records
 
@@ -264,7 +264,7 @@ def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
         T5ForConditionalGeneration,
     )
 
-    from hfpipe.runner import smoothed_loss
+    from hfpipe.training.step import smoothed_loss
 
     torch.manual_seed(0)
     ids = torch.randint(3, 50, (3, 7))
@@ -341,12 +341,13 @@ def test_label_smoothing_trains_and_is_refused_for_regression(tmp_path):
 def test_training_time_leaves_out_evaluation_and_checkpoints(tmp_path, monkeypatch):
     """train_s in the log and metrics.json counts training only: an evaluation that takes (simulated) 100 s
     shows in runtime_s, not in train_s."""
-    import hfpipe.runner as runner
+    import time
 
-    real = runner.time.perf_counter
-    offset = {"s": 0.0}
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: real() + offset["s"])
     from hfpipe.tasks import get_task
+    from hfpipe.training.state import Clock
+
+    offset = {"s": 0.0}
+    clock = Clock(now=lambda: time.perf_counter() + offset["s"])  # the run's clock, injected
 
     task = get_task("classification")
     evaluate = task.evaluate
@@ -356,7 +357,9 @@ def test_training_time_leaves_out_evaluation_and_checkpoints(tmp_path, monkeypat
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(type(task), "evaluate", property(lambda self: slow), raising=False)
-    _, metrics, records = _run(tmp_path, "train.max_steps=8", "train.eval_every=4", "train.log_every=2")
+    _, metrics, records = _run(
+        tmp_path, "train.max_steps=8", "train.eval_every=4", "train.log_every=2", clock=clock
+    )
     train_s = [r["train_s"] for r in records if r["type"] == "train"]
     assert train_s == sorted(train_s) and train_s[-1] < 50  # two evaluations: +200 s of clock
     assert metrics["train"]["runtime_s"] >= 200 > metrics["train"]["train_s"] >= train_s[-1] - 0.01
@@ -366,7 +369,7 @@ def test_optimizer_is_fused_adamw_without_decay_on_biases_and_norms():
     """PyTorch's fused AdamW (one kernel for every tensor) on CPU; the usual weight-decay split."""
     import torch
 
-    from hfpipe.runner import _optimizer
+    from hfpipe.training.step import make_optimizer as _optimizer
 
     recipe = load_recipe(RECIPES / "quickstart.yaml", ["train.weight_decay=0.01"])
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))

@@ -71,9 +71,9 @@ def train(
             if processes:
                 loaded.train.accumulation(processes)
                 _check_resume_processes(loaded, processes, resume, overwrite)
-            from hfpipe.runner import check_trackers
+            from hfpipe.training.trackers import check_installed
 
-            check_trackers(loaded)
+            check_installed(loaded)
             # Not yet inside a launched process: hand over to Accelerate's launcher, which starts this
             # command again in every process.
             args = [
@@ -92,9 +92,13 @@ def train(
             with runlock.hold_for_launched(loaded.output_dir if _machine_rank(config_file) == 0 else None):
                 code = _launch(recipe, args + flags, processes, config_file)
             raise typer.Exit(code)
+        from hfpipe import console
         from hfpipe.api import train as run_train
 
-        run_dir = run_train(loaded, overwrite=overwrite, resume=resume, verbose=verbose)
+        interactive = console.interactive()  # a live bar on a terminal, progress lines in a log
+        run_dir = run_train(
+            loaded, overwrite=overwrite, resume=resume, verbose=verbose, interactive=interactive
+        )
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not per process
             _summary(run_dir)
             if gates:  # the run is saved whatever the gate says
@@ -107,7 +111,7 @@ def _check_resume_processes(recipe, processes: int, resume: bool, overwrite: boo
     if overwrite or not (resume or recipe.train.resume == "auto"):
         return
     from hfpipe.errors import UsageError
-    from hfpipe.runner import latest_checkpoint
+    from hfpipe.training import latest_checkpoint
 
     checkpoint = latest_checkpoint(Path(recipe.output_dir).resolve())
     if checkpoint is None or not (checkpoint / "trainer_state.json").exists():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hfpipe import io
 from hfpipe.errors import HfpipeError
+from hfpipe.formatting import clock
 
 log = logging.getLogger("hfpipe")
 
@@ -91,14 +92,6 @@ class Trackers(Callback):
         trackers.finish(loop.accelerator)
 
 
-def duration(seconds: float) -> str:
-    """h:mm:ss, or m:ss under an hour."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 class Progress(Callback):
     """The console: a live bar on a terminal (`interactive`), a progress line about every 10% elsewhere
     (CI logs), and a line per evaluation."""
@@ -135,7 +128,7 @@ class Progress(Callback):
             values["loss"],
             values["lr"],
             values["tokens_per_s"],
-            duration(pace * (total - state.step)),
+            clock(pace * (total - state.step)),
         )
 
     def on_evaluate(self, loop, metrics):
