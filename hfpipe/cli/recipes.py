@@ -134,10 +134,10 @@ def copy(
     """Copy a bundled recipe (and the recipes it extends) into FOLDER to edit; its relative paths are
     rewritten to point where the bundled recipe run from here points."""
     from hfpipe.cli.common import user_errors
-    from hfpipe.recipe import bundled
+    from hfpipe.recipe.copying import copy
 
     with user_errors():
-        for path in bundled.copy(name, folder, overwrite=overwrite):
+        for path in copy(name, folder, overwrite=overwrite):
             typer.echo(f"wrote {path}")
 
 
