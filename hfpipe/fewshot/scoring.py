@@ -169,7 +169,6 @@ def causal_option_loglikelihoods(
     import copy
 
     import torch
-    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     out: list[list[tuple[float, bool]] | None] = [None] * len(groups)
@@ -184,27 +183,11 @@ def causal_option_loglikelihoods(
         scores = iter(causal_loglikelihoods(model, flat, batch_size, max_length))
         for g in plain:
             out[g] = [next(scores) for _ in groups[g][1]]
-    clusters = (
-        [(n, [fits[i] for i in members]) for n, members in shared_prefixes([groups[g][0] for g in fits])]
-        if share_prefixes
-        else [(0, fits)]
-    )
-    batches = []  # (prefix length, groups)
-    for shared, members in clusters:
-        current, rows = [], 0
-        for g in sorted(members, key=lambda g: -len(groups[g][0])):  # ~batch_size option rows, whole groups
-            if current and rows + len(groups[g][1]) > batch_size:
-                batches.append((shared, current))
-                current, rows = [], 0
-            current.append(g)
-            rows += len(groups[g][1])
-        if current:
-            batches.append((shared, current))
     keep_one = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}  # the next token only
     prefix_cache, prefix_of = None, None
     model.eval()
     with torch.no_grad():
-        for shared, batch in batches:
+        for shared, batch in _option_batches(groups, fits, batch_size, share_prefixes):
             cached = {}
             if shared:
                 start = groups[batch[0]][0][:shared]
@@ -216,62 +199,100 @@ def causal_option_loglikelihoods(
                 cache = copy.deepcopy(prefix_cache)
                 cache.reorder_cache(torch.zeros(len(batch), dtype=torch.long, device=device))
                 cached = {_cache_argument(model): cache}
-            contexts = [groups[g][0][shared:] for g in batch]
-            width = max(map(len, contexts))
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, ctx in enumerate(contexts):
-                ids[r, width - len(ctx) :], mask[r, width - len(ctx) :] = torch.tensor(ctx), 1
-            positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
-            mask = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
-            first = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                use_cache=True,
-                **cached,
-                **keep_one,
-            )
-            first_lp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's 1st token
-            owner = [r for r, g in enumerate(batch) for _ in groups[g][1]]
-            options = [o for g in batch for o in groups[g][1]]
-            steps = max(len(o) for o in options) - 1
-            rest_lp = None
-            if steps > 0:
-                cache = _output_cache(first)
-                index = torch.tensor(owner, device=device)
-                cache.reorder_cache(index)  # one copy of its context's cache per option
-                tail = torch.zeros((len(options), steps), dtype=torch.long)
-                tail_mask = torch.zeros_like(tail)
-                for j, o in enumerate(options):
-                    tail[j, : len(o) - 1], tail_mask[j, : len(o) - 1] = torch.tensor(o[:-1]), 1
-                lengths = mask.sum(-1)[owner]
-                # pad after a short option gets position 0 (it may lie past the model's last position; no real
-                # token attends to it)
-                positions = (lengths[:, None] + torch.arange(steps)[None, :]) * tail_mask
-                second = model(
-                    input_ids=tail.to(device),
-                    attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(device),
-                    position_ids=positions.to(device),
-                    **{_cache_argument(model): cache},
-                    use_cache=True,
-                )
-                rest_lp = F.log_softmax(second.logits.float(), dim=-1)
-            at = 0
-            for r, g in enumerate(batch):
-                scores = []
-                for o in groups[g][1]:
-                    total = first_lp[r, o[0]].item()
-                    greedy = bool(first_lp[r].argmax().item() == o[0])
-                    if len(o) > 1:
-                        target = torch.tensor(o[1:], device=device)
-                        lp = rest_lp[at, : len(o) - 1]
-                        total += lp.gather(-1, target[:, None]).sum().item()
-                        greedy = greedy and bool((lp.argmax(-1) == target).all().item())
-                    scores.append((total, greedy))
-                    at += 1
+            for g, scores in zip(
+                batch, _score_batch(model, groups, batch, shared, cached, keep_one), strict=True
+            ):
                 out[g] = scores
     return out  # type: ignore[return-value]
+
+
+def _option_batches(
+    groups, fits: list[int], batch_size: int, share_prefixes: bool
+) -> list[tuple[int, list[int]]]:
+    """(shared prefix length, group indices) batches of about `batch_size` option rows, whole groups, longest
+    context first; a cluster of contexts sharing a prefix (shared_prefixes) in consecutive batches."""
+    clusters = (
+        [(n, [fits[i] for i in members]) for n, members in shared_prefixes([groups[g][0] for g in fits])]
+        if share_prefixes
+        else [(0, fits)]
+    )
+    batches = []
+    for shared, members in clusters:
+        current, rows = [], 0
+        for g in sorted(members, key=lambda g: -len(groups[g][0])):
+            if current and rows + len(groups[g][1]) > batch_size:
+                batches.append((shared, current))
+                current, rows = [], 0
+            current.append(g)
+            rows += len(groups[g][1])
+        if current:
+            batches.append((shared, current))
+    return batches
+
+
+def _score_batch(model, groups, batch: list[int], shared: int, cached: dict, keep_one: dict) -> list[list]:
+    """[(log-likelihood, greedy) per option] per group of `batch`: the contexts after the `shared` prefix
+    (whose cache is in `cached`) run once, left-padded; then each option's tokens after its first run on a
+    copy of its context's cache."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    contexts = [groups[g][0][shared:] for g in batch]
+    width = max(map(len, contexts))
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, ctx in enumerate(contexts):
+        ids[r, width - len(ctx) :], mask[r, width - len(ctx) :] = torch.tensor(ctx), 1
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
+    first = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        **cached,
+        **keep_one,
+    )
+    first_lp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's 1st token
+    owner = [r for r, g in enumerate(batch) for _ in groups[g][1]]
+    options = [o for g in batch for o in groups[g][1]]
+    steps = max(len(o) for o in options) - 1
+    rest_lp = None
+    if steps > 0:
+        cache = _output_cache(first)
+        cache.reorder_cache(torch.tensor(owner, device=device))  # one copy of its context's cache per option
+        tail = torch.zeros((len(options), steps), dtype=torch.long)
+        tail_mask = torch.zeros_like(tail)
+        for j, o in enumerate(options):
+            tail[j, : len(o) - 1], tail_mask[j, : len(o) - 1] = torch.tensor(o[:-1]), 1
+        lengths = mask.sum(-1)[owner]
+        # pad after a short option gets position 0 (it may lie past the model's last position; no real
+        # token attends to it)
+        positions = (lengths[:, None] + torch.arange(steps)[None, :]) * tail_mask
+        second = model(
+            input_ids=tail.to(device),
+            attention_mask=torch.cat([mask[owner], tail_mask], dim=1).to(device),
+            position_ids=positions.to(device),
+            **{_cache_argument(model): cache},
+            use_cache=True,
+        )
+        rest_lp = F.log_softmax(second.logits.float(), dim=-1)
+    out, at = [], 0
+    for r, g in enumerate(batch):
+        scores = []
+        for o in groups[g][1]:
+            total = first_lp[r, o[0]].item()
+            greedy = bool(first_lp[r].argmax().item() == o[0])
+            if len(o) > 1:
+                target = torch.tensor(o[1:], device=device)
+                lp = rest_lp[at, : len(o) - 1]
+                total += lp.gather(-1, target[:, None]).sum().item()
+                greedy = greedy and bool((lp.argmax(-1) == target).all().item())
+            scores.append((total, greedy))
+            at += 1
+        out.append(scores)
+    return out
 
 
 def _output_cache(output):
