@@ -291,22 +291,8 @@ def score_choices(
             raise DataError(f"answer {g} is not an option index (0-{len(o) - 1}) of {d}", file=prompts.where)
     max_length = spec.max_length or _positions(model)
     if kind == "masked":
-        ids = []
-        for word in options[0]:
-            pieces = tokenizer(" " + word, add_special_tokens=False)[
-                "input_ids"
-            ]  # after a space (RoBERTa's Ġ)
-            if len(pieces) != 1:
-                raise RecipeError(
-                    f"cloze scoring needs one-token verbalizers; {word!r} is {len(pieces)} tokens for this tokenizer",
-                    key="fewshot.tasks.verbalizer",
-                )
-            ids.append(pieces[0])
-        if tokenizer.mask_token is None:
-            raise RecipeError("this masked LM's tokenizer has no mask token", key="model.name_or_path")
-        texts = [c.replace("\0", tokenizer.mask_token) for c in contexts]
-        scores = scoring.cloze_logprobs(model, tokenizer, texts, ids, spec.batch_size, max_length)
-        return _choice_metrics(scores, options, gold), len(texts)
+        scores = _cloze_scores(model, tokenizer, options, contexts, spec, max_length)
+        return _choice_metrics(scores, options, gold), len(contexts)
     if kind == "causal":  # an option longer than the model cannot be scored (the harness fails there too)
         for n, opts in enumerate(options):
             longest = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in opts)
@@ -323,43 +309,68 @@ def score_choices(
     if kind == "seq2seq":
         flat = scoring.seq2seq_loglikelihoods(model, tokenizer, requests, spec.batch_size, max_length)
     else:
-        prefix = scoring.prefix_token(tokenizer)
-        encoded, seen = [], {}
-        for context, continuation in requests:
-            ctx, cont = scoring.encode_pair(tokenizer, context, continuation, seen)
-            if not cont:
-                raise DataError(f"an option is empty after the prompt {context[-80:]!r}", file=prompts.where)
-            encoded.append((ctx or [prefix], cont))
-        if spec.reuse_context:  # one pass of each context, its cache shared by the options
-            groups, at = [], 0
-            for opts in options:
-                chunk = encoded[at : at + len(opts)]
-                at += len(opts)
-                same = all(c[0] == chunk[0][0] for c in chunk)  # a space moved into one option only
-                # Sharing pays when the context outweighs the options (k-shot prompts): measured on PIQA,
-                # 1.9x faster at k=5, 1.5x slower at k=0, where a second pass costs more than it saves.
-                long = len(chunk[0][0]) >= 2 * max(len(c[1]) for c in chunk)
-                groups.append((chunk[0][0], [c[1] for c in chunk]) if same and long else None)
-            grouped = scoring.causal_option_loglikelihoods(
-                model, [r for r in groups if r is not None], spec.batch_size, max_length
-            )
-            spans, at = [], 0
-            for opts in options:
-                spans.append((at, at + len(opts)))
-                at += len(opts)
-            alone = [r for g, (a, b) in enumerate(spans) if groups[g] is None for r in encoded[a:b]]
-            alone_iter = iter(scoring.causal_loglikelihoods(model, alone, spec.batch_size, max_length))
-            grouped_iter = iter(grouped)
-            flat = []
-            for g, (a, b) in enumerate(spans):
-                flat += [next(alone_iter) for _ in range(a, b)] if groups[g] is None else next(grouped_iter)
-        else:
-            flat = scoring.causal_loglikelihoods(model, encoded, spec.batch_size, max_length)
+        flat = _causal_scores(model, tokenizer, requests, options, spec, max_length, prompts.where)
     scores, at = [], 0
     for opts in options:
         scores.append([flat[at + j][0] for j in range(len(opts))])
         at += len(opts)
     return _choice_metrics(scores, options, gold), len(requests)
+
+
+def _cloze_scores(model, tokenizer, options, contexts, spec, max_length: int) -> list[list[float]]:
+    """A masked LM's log-probability of each option's (one-token) word at the prompt's mask."""
+    from hfpipe.fewshot import scoring
+
+    ids = []
+    for word in options[0]:
+        pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]  # after a space (RoBERTa's Ġ)
+        if len(pieces) != 1:
+            raise RecipeError(
+                f"cloze scoring needs one-token verbalizers; {word!r} is {len(pieces)} tokens for this tokenizer",
+                key="fewshot.tasks.verbalizer",
+            )
+        ids.append(pieces[0])
+    if tokenizer.mask_token is None:
+        raise RecipeError("this masked LM's tokenizer has no mask token", key="model.name_or_path")
+    texts = [c.replace("\0", tokenizer.mask_token) for c in contexts]
+    return scoring.cloze_logprobs(model, tokenizer, texts, ids, spec.batch_size, max_length)
+
+
+def _causal_scores(model, tokenizer, requests, options, spec, max_length: int, where: str) -> list[tuple]:
+    """(log-likelihood, greedy) of each (context, option) request under a causal LM: each context run once
+    for all its options where that pays (spec.reuse_context), else every request on its own."""
+    from hfpipe.fewshot import scoring
+
+    prefix = scoring.prefix_token(tokenizer)
+    encoded, seen = [], {}
+    for context, continuation in requests:
+        ctx, cont = scoring.encode_pair(tokenizer, context, continuation, seen)
+        if not cont:
+            raise DataError(f"an option is empty after the prompt {context[-80:]!r}", file=where)
+        encoded.append((ctx or [prefix], cont))
+    if not spec.reuse_context:
+        return scoring.causal_loglikelihoods(model, encoded, spec.batch_size, max_length)
+    groups, spans, at = [], [], 0  # one pass of each context, its cache shared by the options
+    for opts in options:
+        chunk = encoded[at : at + len(opts)]
+        spans.append((at, at + len(opts)))
+        at += len(opts)
+        same = all(c[0] == chunk[0][0] for c in chunk)  # a space moved into one option only
+        # Sharing pays when the context outweighs the options (k-shot prompts): measured on PIQA,
+        # 1.9x faster at k=5, 1.5x slower at k=0, where a second pass costs more than it saves.
+        long = len(chunk[0][0]) >= 2 * max(len(c[1]) for c in chunk)
+        groups.append((chunk[0][0], [c[1] for c in chunk]) if same and long else None)
+    grouped = iter(
+        scoring.causal_option_loglikelihoods(
+            model, [r for r in groups if r is not None], spec.batch_size, max_length
+        )
+    )
+    alone = [r for g, (a, b) in enumerate(spans) if groups[g] is None for r in encoded[a:b]]
+    alone_iter = iter(scoring.causal_loglikelihoods(model, alone, spec.batch_size, max_length))
+    flat = []
+    for g, (a, b) in enumerate(spans):
+        flat += [next(alone_iter) for _ in range(a, b)] if groups[g] is None else next(grouped)
+    return flat
 
 
 def score_generate(model, tokenizer, prompts: Prompts, contexts: list[str], spec) -> tuple[dict, int]:
