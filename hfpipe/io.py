@@ -254,20 +254,7 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
     params = metrics.get("parameters") or {}
     adapter_params = metrics.get("adapter_parameters") or params
     model = recipe.model.name_or_path or f"{recipe.model.architecture} built from config"
-    data = recipe.data
-    if data.builtin:
-        source = f"hfpipe built-in dataset `{data.builtin.name}` (seed {data.builtin.seed})"
-        dataset_type, dataset_name = f"hfpipe/{data.builtin.name}", f"hfpipe built-in {data.builtin.name}"
-    elif data.dataset:
-        source = f"Hub dataset `{data.dataset}`" + (
-            f" / `{data.dataset_config}`" if data.dataset_config else ""
-        )
-        dataset_type, dataset_name = data.dataset, data.dataset
-    else:
-        files = [data.train] if isinstance(data.train, str) else list(data.train or [])
-        source = ", ".join(f"`{Path(f).name}`" for f in files)
-        first = Path(files[0]) if files else Path("data")
-        dataset_type, dataset_name = first.suffix.lstrip(".") or "text", first.stem
+    source, dataset_type, dataset_name = _data_source(recipe.data)
     name = recipe.name or Path(recipe.output_dir).name
     front = card_metadata(recipe, task, metrics, name, adapter, dataset_type, dataset_name)
     lines = [
@@ -290,61 +277,68 @@ def model_card(recipe, task, metrics: dict, command: str, merged_from: str | Non
             f"({100 * adapter_params.get('trainable_fraction', 0):.2f}%)"
             + (f"; merged into the base by `hfpipe merge` from `{merged_from}`" if merged_from else "")
         )
-    lines += [
-        "",
-        "## Results",
-        "",
-        "| split | metric | value |",
-        "|---|---|---|",
-    ]
+    lines += ["", "## Results", "", "| split | metric | value |", "|---|---|---|"]
     for split in ("validation", "test"):
-        for name, value in (metrics.get(split) or {}).items():
-            lines.append(f"| {split} | {name} | {fmt(value)} |")
+        for metric, value in (metrics.get(split) or {}).items():
+            lines.append(f"| {split} | {metric} | {fmt(value)} |")
     if metrics.get("best_step") is not None:
         lines += ["", f"Best checkpoint: step {metrics['best_step']} by {metrics.get('metric_for_best')}."]
-    name = Path(recipe.output_dir).name
-    use = (
-        [
-            "This directory holds the adapter only; it loads on top of its base model (named in",
-            "`adapter_config.json` and `base_model.json`, with the config the base was loaded with):",
-            "",
-            "```python",
-            "import json",
-            "import transformers",
-            "from peft import PeftModel",
-            f"from transformers import {task.auto_model}",
-            "",
-            f'record = json.load(open("{name}/base_model.json"))',
-            'config = transformers.CONFIG_MAPPING[record["model_type"]].from_dict(record["config"])',
-            f'base = {task.auto_model}.from_pretrained(record["name_or_path"], config=config, '
-            "ignore_mismatched_sizes=True)",
-            f'model = PeftModel.from_pretrained(base, "{name}")',
-            *(
-                ["model.forward = model.base_model.forward  # PEFT 0.21's QA class drops token_type_ids"]
-                if task.peft_task_type == "QUESTION_ANS"
-                else []
-            ),
-            "```",
-            "",
-            f"hfpipe commands take the directory as it is; `hfpipe merge {name} OUT` writes a standalone model.",
-        ]
-        if adapter
-        else [
-            "```python",
-            "from transformers import pipeline",
-            f'pipe = pipeline("{task.pipeline_tag}", model="{name}")',
-            "```",
-        ]
-    )
-    lines += [
-        "",
-        "## Use",
-        "",
-        *use,
-        "",
-        *_training_section(recipe, metrics, command),
-    ]
+    folder = Path(recipe.output_dir).name
+    use = _adapter_use(task, folder) if adapter else _pipeline_use(task, folder)
+    lines += ["", "## Use", "", *use, "", *_training_section(recipe, metrics, command)]
     return "\n".join(lines)
+
+
+def _data_source(data) -> tuple[str, str, str]:
+    """(the data as the card says it, its dataset type and name for the Hub metadata)."""
+    if data.builtin:
+        source = f"hfpipe built-in dataset `{data.builtin.name}` (seed {data.builtin.seed})"
+        return source, f"hfpipe/{data.builtin.name}", f"hfpipe built-in {data.builtin.name}"
+    if data.dataset:
+        source = f"Hub dataset `{data.dataset}`" + (
+            f" / `{data.dataset_config}`" if data.dataset_config else ""
+        )
+        return source, data.dataset, data.dataset
+    files = [data.train] if isinstance(data.train, str) else list(data.train or [])
+    first = Path(files[0]) if files else Path("data")
+    return ", ".join(f"`{Path(f).name}`" for f in files), first.suffix.lstrip(".") or "text", first.stem
+
+
+def _pipeline_use(task, folder: str) -> list[str]:
+    return [
+        "```python",
+        "from transformers import pipeline",
+        f'pipe = pipeline("{task.pipeline_tag}", model="{folder}")',
+        "```",
+    ]
+
+
+def _adapter_use(task, folder: str) -> list[str]:
+    """How an adapter run loads without hfpipe: its base model (the config it was loaded with), then peft."""
+    return [
+        "This directory holds the adapter only; it loads on top of its base model (named in",
+        "`adapter_config.json` and `base_model.json`, with the config the base was loaded with):",
+        "",
+        "```python",
+        "import json",
+        "import transformers",
+        "from peft import PeftModel",
+        f"from transformers import {task.auto_model}",
+        "",
+        f'record = json.load(open("{folder}/base_model.json"))',
+        'config = transformers.CONFIG_MAPPING[record["model_type"]].from_dict(record["config"])',
+        f'base = {task.auto_model}.from_pretrained(record["name_or_path"], config=config, '
+        "ignore_mismatched_sizes=True)",
+        f'model = PeftModel.from_pretrained(base, "{folder}")',
+        *(
+            ["model.forward = model.base_model.forward  # PEFT 0.21's QA class drops token_type_ids"]
+            if task.peft_task_type == "QUESTION_ANS"
+            else []
+        ),
+        "```",
+        "",
+        f"hfpipe commands take the directory as it is; `hfpipe merge {folder} OUT` writes a standalone model.",
+    ]
 
 
 # Packages whose versions decide what a run computes; recorded in metrics.json and the card.
