@@ -66,32 +66,18 @@ def train(
         processes = num_processes or loaded.accelerate.num_processes
         config_file = accelerate_config or loaded.accelerate.config_file
         if (processes and processes > 1 or config_file) and "LOCAL_RANK" not in os.environ:
-            # What can be checked here fails as one line, before the processes start (an error inside them
-            # comes back through torchrun's report).
-            if processes:
-                loaded.train.accumulation(processes)
-                _check_resume_processes(loaded, processes, resume, overwrite)
-            from hfpipe.training.trackers import check_installed
-
-            check_installed(loaded)
             # Not yet inside a launched process: hand over to Accelerate's launcher, which starts this
             # command again in every process.
             args = [
                 *(overrides or []),
                 *(["--overwrite"] if overwrite else []),
                 *(["--resume"] if resume else []),
-            ]
-            flags = [
                 *(["--verbose"] if verbose else []),
                 *(["--quiet"] if quiet else []),
                 *(["--json"] if as_json else []),
                 *(f"--fail-under={g}" for g in fail_under or []),
             ]
-            # This process holds output_dir's lock for the ones it starts: a second writer fails here, at
-            # once, rather than after its processes have started. Multi-node: the main machine's holds it.
-            with runlock.hold_for_launched(loaded.output_dir if _machine_rank(config_file) == 0 else None):
-                code = _launch(recipe, args + flags, processes, config_file)
-            raise typer.Exit(code)
+            raise typer.Exit(_hand_over(recipe, loaded, args, processes, config_file, resume, overwrite))
         from hfpipe import console
         from hfpipe.api import train as run_train
 
@@ -104,6 +90,24 @@ def train(
             if gates:  # the run is saved whatever the gate says
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 _check_split_gates(gates, {s: metrics.get(s) for s in ("test", "validation")})
+
+
+def _hand_over(
+    recipe: Path, loaded, args: list[str], processes, config_file, resume: bool, overwrite: bool
+) -> int:
+    """`hfpipe train` again in every process, through Accelerate's launcher; its exit code."""
+    # What can be checked here fails as one line, before the processes start (an error inside them comes
+    # back through torchrun's report).
+    if processes:
+        loaded.train.accumulation(processes)
+        _check_resume_processes(loaded, processes, resume, overwrite)
+    from hfpipe.training.trackers import check_installed
+
+    check_installed(loaded)
+    # This process holds output_dir's lock for the ones it starts: a second writer fails here, at once,
+    # rather than after its processes have started. Multi-node: the main machine's holds it.
+    with runlock.hold_for_launched(loaded.output_dir if _machine_rank(config_file) == 0 else None):
+        return _launch(recipe, args, processes, config_file)
 
 
 def _check_resume_processes(recipe, processes: int, resume: bool, overwrite: bool) -> None:

@@ -136,6 +136,7 @@ def fit(
     )
     clock = clock or Clock()
     clock.start(state)
+    greater, threshold = greater_is_better(settings, metric), settings.early_stopping_threshold
     loop = Loop(
         recipe=recipe,
         task=task,
@@ -143,13 +144,7 @@ def fit(
         tokenizer=tokenizer,
         step=step,
         checkpoints=checkpoints,
-        best=BestModel(
-            run_dir,
-            accelerator,
-            metric,
-            greater_is_better(settings, metric),
-            settings.early_stopping_threshold,
-        ),
+        best=BestModel(run_dir, accelerator, metric, greater, threshold),
         window=window,
         clock=clock,
         kernels=kernels,
@@ -162,14 +157,9 @@ def fit(
     )
     loop.run()
     accelerator.free_memory()
-    evaluated = parts["eval_loader"] is not None
+    evaluated = metric if parts["eval_loader"] is not None else None
     return FitResult(
-        loop.final_model,
-        state,
-        loop.validation,
-        state.runtime_seconds,
-        metric if evaluated else None,
-        parts["padding"],
+        loop.final_model, state, loop.validation, state.runtime_seconds, evaluated, parts["padding"]
     )
 
 
