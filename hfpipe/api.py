@@ -354,6 +354,7 @@ def evaluate_run(
 ) -> dict:
     """Metrics of a run on `data_file` (same columns as the recipe's data) or on its recipe's `split`;
     tasks that write predictions (question-answering) write them in `predictions_dir`."""
+    from hfpipe.assemble import PreparedRun, data_fingerprint, file_digests, prepare_splits
     from hfpipe.data import FORMATS, RawData, load_files, load_raw
 
     runlock.claim(predictions_dir)
@@ -366,7 +367,7 @@ def evaluate_run(
         fmt = "auto" if Path(path).suffix.lower() in FORMATS else recipe.data.format
         ds = load_files([path], fmt, files, formats, recipe.data.text_unit)
         raw = RawData({"eval": ds}, files, formats, text_unit=recipe.data.text_unit)
-        split = "eval"
+        split, digests = "eval", file_digests(files)
     else:
         raw = load_raw(recipe)
         if split not in raw.splits:
@@ -375,8 +376,11 @@ def evaluate_run(
                 "pass --data FILE or --split",
                 file=str(Path(run_dir) / io.RECIPE),
             )
-    # Labels are read against the run's own label set, not re-inferred from this file.
-    prepared = task.prepare(raw, split, tokenizer, model.config, recipe)
+        digests = data_fingerprint(recipe)
+    # Prepared as training prepares, with the run's tokenizer and model: labels are read against the run's
+    # own label set, not re-inferred from this file.
+    run = PreparedRun(recipe, task, raw, tokenizer, model, head_kwargs={}, digests=digests)
+    prepared = prepare_splits(run, names=[split])[split]
     if task.needs_labels and task.label_column not in prepared.column_names:
         what = task.scored_against or f"label column {recipe.data.columns.label!r}"
         raise DataError(f"no {what} to score against", **raw.where(split))

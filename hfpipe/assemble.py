@@ -115,22 +115,23 @@ def check_model(recipe, task, config) -> None:
     resolve_metric_for_best(recipe, task, config)
 
 
-def prepare_splits(run: PreparedRun, accelerator=None) -> dict:
-    """Every split through the task's preparation (read from the tokenized-data cache when it is there);
-    data.streaming's train split as a stream of packed blocks."""
+def prepare_splits(run: PreparedRun, accelerator=None, names=None) -> dict:
+    """Every split (or those `names`) through the task's preparation (read from the tokenized-data cache
+    when it is there); data.streaming's train split as a stream of packed blocks."""
     import contextlib
 
     from hfpipe.cache import prepare_split
 
     recipe, config = run.recipe, run.model.config
+    names = list(run.raw.splits) if names is None else names
     first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
     with first:  # the main process fills the cache, the others read it
         splits = {
             name: prepare_split(run.raw, name, run.tokenizer, config, recipe, run.task, run.digests)
-            for name in run.raw.splits
+            for name in names
             if not (name == "train" and recipe.data.streaming)
         }
-    if recipe.data.streaming:
+    if recipe.data.streaming and "train" in names:
         from hfpipe.streaming import PackedStream
 
         data = recipe.data
@@ -152,8 +153,12 @@ def data_fingerprint(recipe) -> dict[str, str]:
     """sha256 of every data file the recipe reads (built-in and Hub data are defined by the recipe)."""
     from hfpipe.data import data_files
 
+    return file_digests(data_files(recipe.data))
+
+
+def file_digests(paths) -> dict[str, str]:
     out = {}
-    for path in data_files(recipe.data):
+    for path in paths:
         with open(path, "rb") as f:
             out[path] = hashlib.file_digest(f, "sha256").hexdigest()
     return out

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from hfpipe.training.trackers import names as tracker_names
+
 # Marks a field whose value is a filesystem path: the loader resolves it relative to the recipe file.
 PATH = {"hfpipe_path": True}
 # Marks a field that may be a path or a Hub name: resolved only when it exists or starts with . / ~
@@ -699,6 +701,10 @@ class Launch(Section):
     )
 
 
+# jsonl and the trackers of hfpipe.training.trackers' registry: a new tracker is one class there
+TrackerName = Literal[tuple(tracker_names())]
+
+
 class Recipe(Section):
     """A whole recipe: which task, which model and tokenizer, which data, how to train, where to write."""
 
@@ -727,7 +733,7 @@ class Recipe(Section):
         None, description="Run name for trackers, reports and the card (default: output_dir's folder name)."
     )
     tags: list[str] = Field(default_factory=list, description="Tags for trackers and the model card.")
-    tracking: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(
+    tracking: list[TrackerName] = Field(
         default_factory=lambda: ["jsonl"],
         description="Where training logs go: jsonl (metrics.jsonl, always written), tensorboard (event files in "
         "OUTPUT_DIR/tensorboard), mlflow (MLFLOW_TRACKING_URI, or a local store in OUTPUT_DIR/mlruns). "

@@ -39,12 +39,21 @@ def make_optimizer(model, settings):
     )
 
 
+def _first_tensor(batch):
+    return next(v for v in batch.values() if hasattr(v, "shape"))
+
+
+def examples_in(batch) -> int:
+    """The batch's number of examples (rows of its first tensor: input_ids, pixel_values, ...)."""
+    return _first_tensor(batch).shape[0]
+
+
 def loss_items(batch, kind: str):
     """How many items the batch's mean loss is over (a device tensor): examples, or target tokens."""
     import torch
 
     if kind == "examples" or "labels" not in batch:
-        return torch.tensor(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+        return torch.tensor(examples_in(batch), device=_first_tensor(batch).device)
     labels = batch["labels"][:, 1:] if kind == "next_tokens" else batch["labels"]
     return (labels != -100).sum()
 
@@ -144,10 +153,17 @@ class TrainStep:
                 hook(state.step + 1)
             if accelerator.sync_gradients:
                 self._update()
+        return StepOutcome(loss.detach(), self._tokens(batch), examples_in(batch), accelerator.sync_gradients)
+
+    def _tokens(self, batch):
+        """The tokens a text batch holds (not its padding); an encoder-decoder's target tokens too. 0 for
+        other inputs (Task.modality)."""
+        if "input_ids" not in batch:
+            return 0
         tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-        if self.seq2seq:  # an encoder-decoder processes the target tokens too
+        if self.seq2seq:
             tokens = tokens + (batch["labels"] != -100).sum()
-        return StepOutcome(loss.detach(), tokens, batch["input_ids"].shape[0], accelerator.sync_gradients)
+        return tokens
 
     def _finite(self, loss, state, batch_index: int) -> bool:
         # One sync per pass: a non-finite loss must stop (or be skipped) before it reaches the weights, so
