@@ -78,36 +78,47 @@ class Loop:
             self.emit("on_train_end")
 
     def train(self) -> None:
-        state, schedule = self.state, self.schedule
-        first, skip = state.epoch, state.batches_in_epoch
-        if schedule.steps_per_epoch is not None and skip >= len(self.train_loader):  # saved at an epoch's end
-            first, skip = first + 1, 0
-        for epoch in range(
-            first, schedule.epochs if state.step < schedule.total_steps and not self.should_stop else first
-        ):
-            state.epoch, state.batches_in_epoch = epoch, skip
-            for index, batch in enumerate(
-                epoch_batches(self.accelerator, self.train_loader, self.order, epoch, skip), skip
-            ):
-                state.batches_in_epoch = index + 1
-                outcome = self.step(batch, state, index)
+        """For each batch, take a step; on a step that updates the weights, log, evaluate and save when due;
+        stop when asked. An epoch ends with its evaluation, then its checkpoint."""
+        for epoch, skip in self.epochs():
+            for index, batch in self.batches(epoch, skip):
+                outcome = self.step(batch, self.state, index)
                 if outcome.skipped:
-                    continue
+                    continue  # its loss was not finite (train.on_nonfinite_loss: skip)
                 self.window.add(outcome.loss, outcome.tokens, outcome.examples)
                 if not outcome.synced:
                     continue  # still accumulating
-                self.advance(epoch, index)
+                self.advance(epoch, index)  # counted; logged and evaluated when due
                 if self.epoch_ends(index):
-                    break  # an epoch's (or the run's) last step: evaluated and saved below
+                    break  # the epoch's (or the run's) last step: evaluated and saved below
                 if self.due(self.settings.save_every):
                     self.save()
                 if self.interrupted:
                     self.stop_with_checkpoint()
-            skip = 0
             if self.end_epoch(epoch):
                 break
             if self.interrupted:
                 self.stop_with_checkpoint()
+
+    def epochs(self):
+        """(epoch, its batches already trained) from where the run stands (a resumed run: mid-epoch)."""
+        state, schedule = self.state, self.schedule
+        first, skip = state.epoch, state.batches_in_epoch
+        if schedule.steps_per_epoch is not None and skip >= len(self.train_loader):  # saved at an epoch's end
+            first, skip = first + 1, 0
+        last = schedule.epochs if state.step < schedule.total_steps and not self.should_stop else first
+        for epoch in range(first, last):
+            yield epoch, skip
+            skip = 0
+
+    def batches(self, epoch: int, skip: int):
+        """(index, batch) of the epoch's batches after the first `skip`; the state knows where it is."""
+        self.state.epoch, self.state.batches_in_epoch = epoch, skip
+        for index, batch in enumerate(
+            epoch_batches(self.accelerator, self.train_loader, self.order, epoch, skip), skip
+        ):
+            self.state.batches_in_epoch = index + 1
+            yield index, batch
 
     def advance(self, epoch: int, index: int) -> None:
         """A step is done: count it, then log and evaluate when due."""
