@@ -132,7 +132,7 @@ def pretrained_config(spec, head_kwargs: dict[str, Any]):
     import transformers
 
     from hfpipe.adapters import is_adapter_run
-    from hfpipe.checkpoints import check_packages
+    from hfpipe.model_files import check_packages
 
     if is_adapter_run(spec.name_or_path):
         raise RecipeError(
@@ -190,7 +190,7 @@ def load_pretrained(
     The new weights are the outermost modules the checkpoint has no weights for (a new head). Training
     gives them a random start; `score` (evaluation, prediction, few-shot) refuses them: a random head scored
     as if trained gives a different number on every run."""
-    from hfpipe.checkpoints import check_packages, pickle_only
+    from hfpipe.model_files import check_packages, pickle_only
 
     revision = getattr(spec, "revision", None)
     allow_pickle = getattr(spec, "allow_pickle_weights", False)

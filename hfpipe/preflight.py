@@ -12,7 +12,7 @@ from hfpipe.errors import DataError, HfpipeError, MissingPackage, RecipeError
 
 def problems(recipe) -> list[HfpipeError]:
     """Every problem found, in recipe order (empty when the recipe can run here)."""
-    from hfpipe.checkpoints import check_packages
+    from hfpipe.model_files import check_packages
     from hfpipe.tokenization import looks_like_path
 
     found: list[HfpipeError] = []

@@ -25,7 +25,7 @@ def load_tokenizer(
 ):
     from transformers import AutoTokenizer
 
-    from hfpipe.checkpoints import check_packages
+    from hfpipe.model_files import check_packages
 
     if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise RecipeError(f"no such directory: {name_or_path} (a path, not a Hub name)", key=key)
