@@ -7,6 +7,7 @@ them one by one); `prepare_run` strings them together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -157,11 +158,22 @@ def data_fingerprint(recipe) -> dict[str, str]:
 
 
 def file_digests(paths) -> dict[str, str]:
+    """sha256 of each file. A file is read once per process while it stays as it was (same inode, size and
+    modification time): a resume checks the data's digests and then the run uses them again, and a corpus
+    of gigabytes is not read twice for it."""
+    import os
+
     out = {}
     for path in paths:
-        with open(path, "rb") as f:
-            out[path] = hashlib.file_digest(f, "sha256").hexdigest()
+        stat = os.stat(path)
+        out[path] = _digest(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _check_lengths(recipe, config) -> None:

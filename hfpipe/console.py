@@ -66,7 +66,7 @@ def interactive() -> bool:
 
 
 class TrainProgress:
-    """The training bar: a rich progress bar on a terminal, nothing elsewhere (the runner logs lines)."""
+    """The training bar: a rich progress bar on a terminal, nothing elsewhere (the loop logs lines)."""
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self._progress = None

@@ -49,7 +49,7 @@ _ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attn_pdrop", "attent
 
 
 class FastKernels:
-    """What train.fast_kernels turns on for a model about to train with an Accelerator (the runner and
+    """What train.fast_kernels turns on for a model about to train with an Accelerator (the training loop and
     plan's step timing use the same): `foreach_grads`, whether the step's gradient scaling and clipping
     go through scale_and_clip_; `description` for the log (None when off). Swaps the model's gelu_new
     modules, its attention implementation and torch's dropout until restore(), which fit calls when

@@ -121,3 +121,45 @@ def clm_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("clm") / "run"
     return train(load_recipe(RECIPES / "gpt2-clm-pretrain.yaml", [*TINY_GPT2, f"output_dir={out}"]))
+
+
+# A bundled recipe per task, shrunk to a few rows: the tests of one piece of every task (its preparation,
+# its predictions) start from these.
+TASK_RECIPES = {
+    "classification": ("quickstart.yaml", ["data.builtin.train_size=40"]),
+    "question-answering": ("bert-qa.yaml", ["data.builtin.train_size=12", "qa.max_question_length=40"]),
+    "masked-lm": ("bert-mlm-pretrain.yaml", ["data.builtin.train_size=60", "data.max_length=16"]),
+    "causal-lm": ("gpt2-clm-pretrain.yaml", ["data.builtin.train_size=60", "data.max_length=16"]),
+    "generation": ("gpt2-generation.yaml", ["data.builtin.train_size=40"]),
+    "translation": ("t5-translation.yaml", ["data.builtin.train_size=40"]),
+}
+
+
+def task_inputs(name: str, tmp_path, *overrides):
+    """(recipe, raw data, tokenizer, model config) for the task's bundled recipe, shrunk."""
+    import transformers
+
+    from hfpipe.architectures import ARCHITECTURES
+    from hfpipe.assemble import recipe_tokenizer
+    from hfpipe.data import load_raw
+    from hfpipe.recipe import load_recipe
+    from hfpipe.tasks import get_task
+
+    file, shrink = TASK_RECIPES[name]
+    recipe = load_recipe(
+        RECIPES / file,
+        [
+            *shrink,
+            "data.builtin.validation_size=4",
+            "data.builtin.test_size=4",
+            "tokenizer.train.vocab_size=200",
+            *overrides,
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    task = get_task(name)
+    raw = load_raw(recipe)
+    tokenizer = recipe_tokenizer(recipe, task, raw)
+    arch = ARCHITECTURES[recipe.model.architecture]
+    config = transformers.AutoConfig.for_model(arch.model_type, **task.configure(raw, recipe))
+    return recipe, raw, tokenizer, config

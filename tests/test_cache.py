@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, TINY_GPT2, write
+from conftest import RECIPES, TASK_RECIPES, TINY_GPT2, task_inputs, write
 
 from hfpipe.cache import prepare_split
 from hfpipe.data import load_raw
@@ -122,15 +122,6 @@ def test_text_files_by_line_paragraph_or_file(tmp_path):
 # Every task: what its preparation reads is in the key
 
 
-# A bundled recipe per task, shrunk to a few rows.
-PREPARED = {
-    "classification": ("quickstart.yaml", ["data.builtin.train_size=40"]),
-    "question-answering": ("bert-qa.yaml", ["data.builtin.train_size=12", "qa.max_question_length=40"]),
-    "masked-lm": ("bert-mlm-pretrain.yaml", ["data.builtin.train_size=60", "data.max_length=16"]),
-    "causal-lm": ("gpt2-clm-pretrain.yaml", ["data.builtin.train_size=60", "data.max_length=16"]),
-    "generation": ("gpt2-generation.yaml", ["data.builtin.train_size=40"]),
-    "translation": ("t5-translation.yaml", ["data.builtin.train_size=40"]),
-}
 # For each setting a task declares its preparation reads (beyond the data section, which is all in the key):
 # a recipe override, or a change of the model config, that changes it.
 CHANGES = {
@@ -158,45 +149,18 @@ def _flat(settings: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def _task_inputs(name: str, tmp_path, *overrides):
-    """(recipe, raw data, tokenizer, model config) for the task's bundled recipe, shrunk."""
-    import transformers
-
-    from hfpipe.architectures import ARCHITECTURES
-    from hfpipe.assemble import recipe_tokenizer
-
-    file, shrink = PREPARED[name]
-    recipe = load_recipe(
-        RECIPES / file,
-        [
-            *shrink,
-            "data.builtin.validation_size=4",
-            "data.builtin.test_size=4",
-            "tokenizer.train.vocab_size=200",
-            *overrides,
-            f"output_dir={tmp_path / 'run'}",
-        ],
-    )
-    task = get_task(name)
-    raw = load_raw(recipe)
-    tokenizer = recipe_tokenizer(recipe, task, raw)
-    arch = ARCHITECTURES[recipe.model.architecture]
-    config = transformers.AutoConfig.for_model(arch.model_type, **task.configure(raw, recipe))
-    return recipe, raw, tokenizer, config
-
-
-@pytest.mark.parametrize("name", sorted(PREPARED))
+@pytest.mark.parametrize("name", sorted(TASK_RECIPES))
 def test_every_setting_a_task_prepares_with_misses_the_cache(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HFPIPE_CACHE", str(tmp_path / "cache"))
     task = get_task(name)
-    recipe, raw, tokenizer, config = _task_inputs(name, tmp_path)
+    recipe, raw, tokenizer, config = task_inputs(name, tmp_path)
     declared = _flat(task.preparation_settings(recipe, config))
     assert declared == set(CHANGES[name]), "every declared setting needs a change in CHANGES"
     prepare_split(raw, "train", tokenizer, config, recipe, task, {})
     prepare_split(raw, "train", tokenizer, config, recipe, _refusing(task), {})  # unchanged: read back
     for setting, change in CHANGES[name].items():
         if isinstance(change, str):
-            changed, changed_config = _task_inputs(name, tmp_path, change)[0], config
+            changed, changed_config = task_inputs(name, tmp_path, change)[0], config
         else:
             changed, changed_config = recipe, transformers_config_with(config, change)
         with _context(setting), pytest.raises(AssertionError, match="tokenized again"):
@@ -236,11 +200,11 @@ class _Reads:
         return value
 
 
-@pytest.mark.parametrize("name", sorted(PREPARED))
+@pytest.mark.parametrize("name", sorted(TASK_RECIPES))
 def test_a_task_declares_every_setting_its_preparation_reads(name, tmp_path):
     """The cache key is only as good as the task's declaration: reads outside the data section must be in it."""
     task = get_task(name)
-    recipe, raw, tokenizer, config = _task_inputs(name, tmp_path)
+    recipe, raw, tokenizer, config = task_inputs(name, tmp_path)
     reads: set[str] = set()
     task.prepare(raw, "train", tokenizer, _Reads(config, "config", reads), _Reads(recipe, "recipe", reads))
     read = {r.removeprefix("recipe.") for r in reads if not r.startswith("recipe.data.")}

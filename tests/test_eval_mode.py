@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write
-from test_cache import PREPARED, _task_inputs
+from conftest import TASK_RECIPES, task_inputs, write
 
 # A row of each task's predict input
 ROWS = {
@@ -26,7 +25,7 @@ def _model(name, tmp_path):
     from hfpipe.models import build_model
     from hfpipe.tasks import get_task
 
-    recipe, raw, tokenizer, _ = _task_inputs(name, tmp_path)
+    recipe, raw, tokenizer, _ = task_inputs(name, tmp_path)
     task = get_task(name)
     model = build_model(recipe, task, tokenizer, task.configure(raw, recipe))
     for module in model.modules():  # dropout strong enough that a prediction in train mode would show it
@@ -35,7 +34,7 @@ def _model(name, tmp_path):
     return recipe, task, tokenizer, model
 
 
-@pytest.mark.parametrize("name", sorted(PREPARED))
+@pytest.mark.parametrize("name", sorted(TASK_RECIPES))
 def test_predict_runs_in_eval_mode_and_restores_every_module_s_mode(name, tmp_path):
     recipe, task, tokenizer, model = _model(name, tmp_path)
     model.eval()

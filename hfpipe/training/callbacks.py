@@ -10,9 +10,8 @@ import signal
 import threading
 from pathlib import Path
 
-from hfpipe import io
+from hfpipe import formatting, io
 from hfpipe.errors import HfpipeError
-from hfpipe.formatting import clock
 
 log = logging.getLogger("hfpipe")
 
@@ -128,7 +127,7 @@ class Progress(Callback):
             values["loss"],
             values["lr"],
             values["tokens_per_s"],
-            clock(pace * (total - state.step)),
+            formatting.clock(pace * (total - state.step)),
         )
 
     def on_evaluate(self, loop, metrics):

@@ -18,9 +18,13 @@ class FitResult:
     model: object  # the unwrapped model holding the best (or last) weights
     state: object  # TrainState
     validation: dict
-    train_runtime: float  # seconds of the whole run (every session of a resumed one)
     metric_for_best: str | None
     padding_fraction: float = 0.0  # of the training batches (0 for packed blocks)
+
+    @property
+    def train_runtime(self) -> float:
+        """Seconds of the whole run (every session of a resumed one)."""
+        return self.state.runtime_seconds
 
 
 def make_accelerator(recipe, processes: int | None = None):
@@ -158,9 +162,7 @@ def fit(
     loop.run()
     accelerator.free_memory()
     evaluated = metric if parts["eval_loader"] is not None else None
-    return FitResult(
-        loop.final_model, state, loop.validation, state.runtime_seconds, evaluated, parts["padding"]
-    )
+    return FitResult(loop.final_model, state, loop.validation, evaluated, parts["padding"])
 
 
 def _prepared(recipe, task, model, tokenizer, train_ds, eval_ds, accelerator) -> dict:
